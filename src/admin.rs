@@ -1,0 +1,82 @@
+//! The admin listener: health, readiness and Prometheus metrics for SREs.
+//! (The approvals API and the reviewers' dashboard build on this router.)
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::app::Latch;
+use crate::server::{full, json, Body, ConnInfo};
+
+/// Handle one admin request.
+pub async fn handle(latch: Latch, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
+    let path = req.uri().path();
+    let resp = match (req.method(), path) {
+        (&Method::GET, "/metrics") => metrics(&latch),
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => readyz(&latch).await,
+        (_, "/metrics" | "/healthz" | "/readyz") => {
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET",
+            );
+            r.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET"));
+            r
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+    };
+    resp
+}
+
+fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
+    let mut r = json(status, &json!({"error": code, "message": message}));
+    r.headers_mut()
+        .insert("latch-error", HeaderValue::from_static(code));
+    r
+}
+
+fn metrics(latch: &Latch) -> Response<Body> {
+    match latch.metrics.render() {
+        Ok(text) => {
+            let mut r = Response::new(full(text));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "rendering metrics failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "metrics unavailable",
+            )
+        }
+    }
+}
+
+/// Ready when the store answers; the detail names the active policy set.
+async fn readyz(latch: &Latch) -> Response<Body> {
+    let store = latch.store.clone();
+    let store_ok = tokio::task::spawn_blocking(move || store.ping())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|r| r);
+    let policy = latch.policy();
+    let body = json!({
+        "status": if store_ok.is_ok() { "ready" } else { "not_ready" },
+        "store": match &store_ok { Ok(()) => "ok".to_string(), Err(e) => format!("error: {e}") },
+        "policy": {"hash": policy.hash(), "evaluator": format!("{:?}", policy.evaluator()).to_lowercase()},
+    });
+    let status = if store_ok.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &body)
+}

@@ -1,0 +1,233 @@
+//! The shared state handle and the start-up sequence that wires listeners,
+//! store, history and policy together.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{anyhow, Context};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, StoreConfig};
+use crate::history::History;
+use crate::identity::Directory;
+use crate::policy::{Evaluator, PolicySet};
+use crate::proxy::upstream::Route;
+use crate::server::{self, ListenerOptions};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// Everything a request needs, behind one `Arc`.
+pub struct Inner {
+    /// Validated config.
+    pub config: Config,
+    /// Principals.
+    pub directory: Arc<Directory>,
+    /// Routes with their clients.
+    pub routes: Vec<Route>,
+    policy: RwLock<Arc<PolicySet>>,
+    /// Action history.
+    pub history: History,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Durable store.
+    pub store: Arc<dyn Store>,
+}
+
+/// Cheap-to-clone handle to the running gate.
+#[derive(Clone)]
+pub struct Latch(pub Arc<Inner>);
+
+impl std::ops::Deref for Latch {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Latch {
+    /// Open the store, load history, compile the policies and build routes.
+    pub fn new(config: Config) -> anyhow::Result<Latch> {
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+            StoreConfig::SqliteMemory => Arc::new(SqliteStore::memory()?),
+        };
+        let policy = PolicySet::load(
+            &config.policy.dir,
+            &config.policy.entrypoint,
+            config.policy.timeout,
+        )?;
+        let metrics = Metrics::new()?;
+        metrics.set_policy(policy.hash(), evaluator_name(policy.evaluator()));
+        let needs_system_roots = config
+            .routes
+            .iter()
+            .any(|r| r.upstream.scheme_str() == Some("https"));
+        let roots = if needs_system_roots {
+            crate::tls::system_roots()
+        } else {
+            rustls::RootCertStore::empty()
+        };
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| Route::new(r.clone(), &roots).with_context(|| format!("route {}", r.name)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let history = History::open(store.clone()).context("loading action history")?;
+        Ok(Latch(Arc::new(Inner {
+            directory: Arc::new(Directory::new(&config.principals)),
+            routes,
+            policy: RwLock::new(Arc::new(policy)),
+            history,
+            metrics,
+            store,
+            config,
+        })))
+    }
+
+    /// The active policy set.
+    pub fn policy(&self) -> Arc<PolicySet> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replace the active policy set whole.
+    pub fn set_policy(&self, set: PolicySet) {
+        self.metrics
+            .set_policy(set.hash(), evaluator_name(set.evaluator()));
+        let set = Arc::new(set);
+        match self.policy.write() {
+            Ok(mut p) => *p = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
+        }
+    }
+}
+
+fn evaluator_name(e: Evaluator) -> &'static str {
+    match e {
+        Evaluator::Vm => "vm",
+        Evaluator::Interpreter => "interpreter",
+    }
+}
+
+/// A running Latch: bound addresses and a way to stop it.
+pub struct Running {
+    /// The state handle.
+    pub latch: Latch,
+    /// Where the proxy listens.
+    pub proxy_addr: SocketAddr,
+    /// Where the admin listener listens.
+    pub admin_addr: SocketAddr,
+    /// Where the demo upstream listens, if configured.
+    pub demo_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish, flush history.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let history = self.latch.clone();
+        let _ = tokio::task::spawn_blocking(move || history.history.flush()).await;
+    }
+
+    /// Resolves when `stop` is requested from elsewhere (never, here) — used
+    /// by `serve` together with signals.
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what} listener"))
+}
+
+/// Bind every listener and start serving.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let proxy_tls = config
+        .proxy
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
+    let admin_tls = config
+        .admin
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
+    let latch = tokio::task::spawn_blocking(move || Latch::new(config))
+        .await
+        .map_err(|e| anyhow!("start-up task failed: {e}"))??;
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let demo_addr = match latch.config.demo {
+        Some(addr) => {
+            let l = bind(addr, "demo upstream").await?;
+            let bound = l.local_addr()?;
+            tasks.push(tokio::spawn(crate::demo::serve(l, stop_rx.clone())));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let proxy = bind(latch.config.proxy.listen, "proxy").await?;
+    let admin = bind(latch.config.admin.listen, "admin").await?;
+    let proxy_addr = proxy.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+
+    let timeout = latch.config.proxy.header_read_timeout;
+    let proxy_opts = ListenerOptions {
+        tls: proxy_tls.map(TlsAcceptor::from),
+        directory: Some(latch.directory.clone()),
+        header_read_timeout: timeout,
+    };
+    let l = latch.clone();
+    tasks.push(tokio::spawn(server::serve(
+        proxy,
+        proxy_opts,
+        stop_rx.clone(),
+        move |req, conn| crate::proxy::handle(l.clone(), req, conn),
+    )));
+
+    let admin_opts = ListenerOptions {
+        tls: admin_tls.map(TlsAcceptor::from),
+        directory: None,
+        header_read_timeout: timeout,
+    };
+    let l = latch.clone();
+    tasks.push(tokio::spawn(server::serve(
+        admin,
+        admin_opts,
+        stop_rx,
+        move |req, conn| crate::admin::handle(l.clone(), req, conn),
+    )));
+
+    tracing::info!(
+        proxy = %proxy_addr,
+        admin = %admin_addr,
+        policy = latch.policy().hash(),
+        routes = latch.routes.len(),
+        "latch started"
+    );
+    Ok(Running {
+        latch,
+        proxy_addr,
+        admin_addr,
+        demo_addr,
+        stop,
+        tasks,
+    })
+}

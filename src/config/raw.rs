@@ -1,0 +1,182 @@
+//! The TOML file as written: serde structs that reject unknown keys.
+//!
+//! Nothing here is trusted yet; [`super::Config::from_raw`] validates every
+//! field and names the key and line of whatever is wrong.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole `latch.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The agents' listener.
+    #[serde(default)]
+    pub proxy: RawProxy,
+    /// The humans' and SREs' listener.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// Where durable state lives.
+    #[serde(default)]
+    pub store: RawStore,
+    /// Where the Rego policies are and how they are evaluated.
+    #[serde(default)]
+    pub policy: RawPolicy,
+    /// Approval settings.
+    #[serde(default)]
+    pub gate: RawGate,
+    /// Log output.
+    #[serde(default)]
+    pub log: RawLog,
+    /// The built-in demo tool upstream (for the README demo and tests).
+    pub demo: Option<RawDemo>,
+    /// Agents and humans.
+    #[serde(default)]
+    pub principals: Vec<Spanned<RawPrincipal>>,
+    /// Path prefix → upstream tool.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `[proxy]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    /// Socket address of the agents' listener.
+    pub listen: Option<Spanned<String>>,
+    /// Seconds a gated call is held before answering 202.
+    pub hold_s: Option<Spanned<u64>>,
+    /// Largest request body accepted, unless a route says otherwise.
+    pub max_body_bytes: Option<Spanned<u64>>,
+    /// Time allowed for a client to send its request head.
+    pub header_read_timeout_ms: Option<Spanned<u64>>,
+    /// Time allowed for an upstream to answer, unless a route says otherwise.
+    pub upstream_timeout_ms: Option<Spanned<u64>>,
+    /// TLS for the agents' listener (and optional mTLS).
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `[proxy.tls]` / `[admin.tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain.
+    pub cert: Spanned<String>,
+    /// PEM private key.
+    pub key: Spanned<String>,
+    /// PEM bundle of CAs that sign agent client certificates (enables mTLS).
+    pub client_ca: Option<Spanned<String>>,
+    /// `"optional"` (default when `client_ca` is set) or `"required"`.
+    pub client_auth: Option<Spanned<String>>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Socket address of the admin listener.
+    pub listen: Option<Spanned<String>>,
+    /// TLS for the admin listener.
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `sqlite://PATH` (relative to the config file) or `sqlite::memory:`.
+    pub url: Option<Spanned<String>>,
+}
+
+/// `[policy]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Directory holding `*.rego` and `*.json` data files.
+    pub dir: Option<Spanned<String>>,
+    /// Rule whose value is the decision object.
+    pub entrypoint: Option<Spanned<String>>,
+    /// Evaluation time limit; past it the call is denied.
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// Request headers (lower-case) copied into `input.request.headers`.
+    pub input_headers: Option<Spanned<Vec<String>>>,
+}
+
+/// `[gate]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    /// Roles that may override a gate with a reason.
+    #[serde(default)]
+    pub break_glass_roles: Vec<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `"text"` (default) or `"json"`.
+    pub format: Option<Spanned<String>>,
+    /// A tracing filter such as `"info"` or `"latch=debug"`; `RUST_LOG` wins.
+    pub level: Option<String>,
+}
+
+/// `[demo]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDemo {
+    /// Where `latch serve` starts the built-in demo tool upstream.
+    pub upstream_listen: Spanned<String>,
+}
+
+/// `[[principals]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrincipal {
+    /// Unique name used in policy input, logs and audit.
+    pub id: String,
+    /// Roles, e.g. `agent`, `lead`, `director`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Humans who may never approve this principal's calls.
+    #[serde(default)]
+    pub owners: Vec<String>,
+    /// Environment variable holding the bearer token.
+    pub token_env: Option<String>,
+    /// Hex SHA-256 of the bearer token.
+    pub token_sha256: Option<String>,
+    /// The bearer token in clear (demo and tests only).
+    pub token: Option<String>,
+    /// Client-certificate names (SAN DNS/URI or subject CN) that identify this
+    /// principal on an mTLS proxy listener.
+    #[serde(default)]
+    pub cert_names: Vec<String>,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique route name (metrics label, policy input).
+    pub name: String,
+    /// Path prefix on the proxy listener, matched at segment boundaries.
+    pub prefix: Spanned<String>,
+    /// Base URL of the tool (`http://` or `https://`).
+    pub upstream: Spanned<String>,
+    /// Tool name given to the policy.
+    pub tool: Option<String>,
+    /// Headers Latch adds upstream; `"env:NAME"` reads the environment.
+    #[serde(default)]
+    pub inject_headers: BTreeMap<String, Spanned<String>>,
+    /// Upstream answer timeout for this route.
+    pub timeout_ms: Option<u64>,
+    /// Body limit for this route.
+    pub max_body_bytes: Option<u64>,
+    /// Stream the request body instead of buffering it for the policy.
+    #[serde(default)]
+    pub stream_body: bool,
+    /// Extra PEM CA bundle trusted for this route's https upstream.
+    pub ca_file: Option<Spanned<String>>,
+}

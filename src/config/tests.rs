@@ -1,0 +1,111 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut env = BTreeMap::new();
+    env.insert("BOT_TOKEN".to_string(), "secret".to_string());
+    env.insert("API_KEY".to_string(), "Bearer upstream".to_string());
+    Config::parse(Path::new("/etc/latch/latch.toml"), text, &env)
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => panic!("config should have been refused"),
+        Err(errs) => errs.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn defaults_and_relative_paths() {
+    let c = parse("[store]\nurl = \"sqlite://data/latch.db\"\n").unwrap();
+    assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(c.proxy.hold.as_secs(), 50);
+    assert_eq!(
+        c.store,
+        StoreConfig::Sqlite("/etc/latch/data/latch.db".into())
+    );
+    assert_eq!(c.policy.entrypoint, "data.latch.decision");
+    assert_eq!(c.policy.dir, Path::new("/etc/latch/policies"));
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let errs = errors("[proxy]\nlisten = \"127.0.0.1:1\"\nholds = 3\n");
+    assert!(errs[0].starts_with("/etc/latch/latch.toml:3:"), "{errs:?}");
+    assert!(errs[0].contains("holds"), "{errs:?}");
+}
+
+#[test]
+fn bad_values_name_key_and_line() {
+    let errs = errors(
+        "[proxy]\nlisten = \"nope\"\n\n[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstream = \"ftp://x\"\n",
+    );
+    assert!(
+        errs.iter().any(|e| e.contains(":2: proxy.listen")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains(":7: routes[0].upstream")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn secrets_come_from_env() {
+    let c = parse(
+        "[[principals]]\nid = \"bot\"\ntoken_env = \"BOT_TOKEN\"\n\n[[routes]]\nname = \"a\"\nprefix = \"/a/\"\nupstream = \"http://127.0.0.1:9\"\ninject_headers = { Authorization = \"env:API_KEY\", x-version = \"2\" }\n",
+    )
+    .unwrap();
+    assert_eq!(c.principals[0].token_sha256, Some(sha256(b"secret")));
+    let r = &c.routes[0];
+    assert_eq!(r.prefix, "/a");
+    assert_eq!(r.tool, "a");
+    assert_eq!(r.inject_headers[0].0.as_str(), "authorization");
+    assert_eq!(r.inject_headers[0].1, "Bearer upstream");
+    assert_eq!(r.inject_headers[1].1, "2");
+}
+
+#[test]
+fn missing_env_is_an_error() {
+    let errs = errors("[[principals]]\nid = \"bot\"\ntoken_env = \"NOT_SET\"\n");
+    assert!(
+        errs[0].contains(":1: principals[0].token_env: environment variable NOT_SET is not set"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn duplicate_and_ambiguous_routes_are_refused() {
+    let errs = errors(
+        "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstream = \"http://h\"\n[[routes]]\nname = \"a\"\nprefix = \"/a/../b\"\nupstream = \"http://h\"\n",
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("routes[1].name")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("routes[1].prefix")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn credentials_never_enter_policy_input() {
+    let errs = errors("[policy]\ninput_headers = [\"Authorization\"]\n");
+    assert!(errs[0].contains("policy.input_headers"), "{errs:?}");
+}
+
+#[test]
+fn token_sha256_must_be_hex() {
+    let errs = errors("[[principals]]\nid = \"x\"\ntoken_sha256 = \"abc\"\n");
+    assert!(errs[0].contains("principals[0].token_sha256"), "{errs:?}");
+    let good = hex(&sha256(b"t"));
+    let c = parse(&format!(
+        "[[principals]]\nid = \"x\"\ntoken_sha256 = \"{good}\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.principals[0].token_sha256, Some(sha256(b"t")));
+}

@@ -1,0 +1,98 @@
+//! A small built-in tool upstream for the README demo: e-mail, search and
+//! trading endpoints that answer like real tools would. It insists on the
+//! credential Latch injects, which shows that the agent never needs it.
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::server::{self, json as json_response, Body, ListenerOptions};
+
+/// The credential the demo tools require (injected by Latch's demo routes).
+pub const DEMO_TOOL_KEY: &str = "Bearer demo-tool-key";
+
+/// Serve the demo tools until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    let opts = ListenerOptions {
+        tls: None,
+        directory: None,
+        header_read_timeout: std::time::Duration::from_secs(10),
+    };
+    server::serve(listener, opts, shutdown, |req, _conn| async move {
+        match handle(req).await {
+            Ok(r) | Err(r) => r,
+        }
+    })
+    .await;
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Response<Body>> {
+    let authorized = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == DEMO_TOOL_KEY.as_bytes());
+    if !authorized {
+        return Err(json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "this tool needs its API key (Latch injects it; agents never hold it)"}),
+        ));
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let bytes = Limited::new(req.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|_| {
+            json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "unreadable body"}),
+            )
+        })?
+        .to_bytes();
+    let body: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).map_err(|_| {
+            json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "body must be JSON"}),
+            )
+        })?
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    let answer = match (&method, path.as_str()) {
+        (&Method::POST, "/email/send") => {
+            json!({"status": "sent", "message_id": id, "to": body.get("to")})
+        }
+        (&Method::GET, "/search") => {
+            let q = crate::policy::input::parse_query(Some(&query));
+            let term = q
+                .get("q")
+                .and_then(|v| v.get(0))
+                .cloned()
+                .unwrap_or(Value::Null);
+            json!({"query": term, "results": [
+                {"title": "Latch: an approval gate for agent tool calls", "url": "https://example.invalid/latch"},
+                {"title": "Writing Rego policies", "url": "https://example.invalid/rego"}
+            ]})
+        }
+        (&Method::POST, "/trade/orders") => json!({
+            "status": "filled", "order_id": id,
+            "symbol": body.get("symbol"), "amount": body.get("amount"), "currency": body.get("currency")
+        }),
+        (&Method::DELETE, p) if p.starts_with("/files/") => {
+            json!({"status": "deleted", "path": &p[6..]})
+        }
+        _ => {
+            return Err(json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "no such tool endpoint"}),
+            ))
+        }
+    };
+    Ok(json_response(StatusCode::OK, &answer))
+}

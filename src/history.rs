@@ -1,0 +1,311 @@
+//! Action history: how often each agent has carried out each class of action.
+//!
+//! An action class is (agent, tool, method, shape of the arguments): two
+//! e-mails to different people are the same class; an e-mail with a new `bcc`
+//! field is a new one. Counts live in a `DashMap` for the hot path and are
+//! written behind to the store by one thread, so novelty survives restarts
+//! without a disk write on the request path.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::store::{HistoryRow, Store};
+
+/// Counters for one action class.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Times the class was carried out (allowed or approved). Denied and
+    /// gated attempts do not count, so retrying does not make a call familiar.
+    pub seen: u64,
+    /// Unix seconds of the first time it was carried out.
+    pub first_seen: Option<i64>,
+    /// Unix seconds of the latest decision.
+    pub last_seen: Option<i64>,
+    /// Human approvals.
+    pub approved: u64,
+    /// Human rejections.
+    pub rejected: u64,
+    /// Latest policy action for the class.
+    pub last_decision: Option<String>,
+}
+
+impl Stats {
+    /// `input.history`.
+    pub fn to_input(&self) -> Value {
+        let first_seen = self
+            .first_seen
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        json!({
+            "seen": self.seen,
+            "first_seen": first_seen,
+            "approved": self.approved,
+            "rejected": self.rejected,
+            "last_decision": self.last_decision,
+        })
+    }
+}
+
+/// An action class, identified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionClass {
+    /// 16-byte digest of (agent, tool, method, shape).
+    pub key: [u8; 16],
+    /// Agent id.
+    pub agent: String,
+    /// Tool.
+    pub tool: String,
+    /// Canonical shape of the arguments.
+    pub shape: String,
+}
+
+impl ActionClass {
+    /// Classify a call.
+    pub fn new(agent: &str, tool: &str, method: &str, args: &Value) -> ActionClass {
+        let mut shape = String::new();
+        shape_of(args, &mut shape);
+        let mut h = Sha256::new();
+        for part in [agent, tool, method, shape.as_str()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        let digest = h.finalize();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        ActionClass {
+            key,
+            agent: agent.to_string(),
+            tool: tool.to_string(),
+            shape: format!("{method} {shape}"),
+        }
+    }
+
+    /// Hex form of the key.
+    pub fn fingerprint(&self) -> String {
+        crate::config::hex(&self.key)
+    }
+}
+
+/// Canonical shape: keys sorted, values replaced by their type, arrays by
+/// the sorted set of their element shapes.
+fn shape_of(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push('n'),
+        Value::Bool(_) => out.push('b'),
+        Value::Number(_) => out.push('#'),
+        Value::String(_) => out.push('s'),
+        Value::Array(items) => {
+            let mut shapes: Vec<String> = items
+                .iter()
+                .map(|i| {
+                    let mut s = String::new();
+                    shape_of(i, &mut s);
+                    s
+                })
+                .collect();
+            shapes.sort();
+            shapes.dedup();
+            out.push('[');
+            out.push_str(&shapes.join("|"));
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(k);
+                out.push(':');
+                shape_of(&map[k], out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+enum Msg {
+    Row(HistoryRow),
+    Flush(mpsc::Sender<anyhow::Result<()>>),
+}
+
+/// In-memory history with write-behind persistence.
+pub struct History {
+    map: DashMap<[u8; 16], Stats>,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl History {
+    /// Load every class from `store` and start the writer thread.
+    pub fn open(store: Arc<dyn Store>) -> anyhow::Result<History> {
+        let map = DashMap::new();
+        for row in store.load_history()? {
+            let mut key = [0u8; 16];
+            let bytes = (0..row.fingerprint.len())
+                .step_by(2)
+                .filter_map(|i| row.fingerprint.get(i..i + 2))
+                .filter_map(|h| u8::from_str_radix(h, 16).ok())
+                .collect::<Vec<_>>();
+            if bytes.len() == 16 {
+                key.copy_from_slice(&bytes);
+                map.insert(key, row.stats);
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("latch-history".into())
+            .spawn(move || writer(store, rx))?;
+        Ok(History { map, tx })
+    }
+
+    /// Counters for `class` before this call.
+    pub fn get(&self, class: &ActionClass) -> Stats {
+        self.map
+            .get(&class.key)
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Record the policy's action for `class`.
+    pub fn record(&self, class: &ActionClass, action: &str, now: i64) {
+        self.update(class, |s| {
+            if action == "allow" {
+                s.seen += 1;
+                s.first_seen.get_or_insert(now);
+            }
+            s.last_seen = Some(now);
+            s.last_decision = Some(action.to_string());
+        });
+    }
+
+    /// Apply `f` and queue the new counters for the store. The send happens
+    /// under the map entry's lock, so the writer sees updates of one class in
+    /// the order they were made.
+    fn update(&self, class: &ActionClass, f: impl FnOnce(&mut Stats)) {
+        let mut entry = self.map.entry(class.key).or_default();
+        f(&mut entry);
+        let row = HistoryRow {
+            fingerprint: class.fingerprint(),
+            agent: class.agent.clone(),
+            tool: class.tool.clone(),
+            shape: class.shape.clone(),
+            stats: entry.clone(),
+        };
+        if self.tx.send(Msg::Row(row)).is_err() {
+            tracing::error!("history writer has stopped; history is no longer persisted");
+        }
+    }
+
+    /// Wait until everything recorded so far is in the store.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(Msg::Flush(tx))
+            .map_err(|_| anyhow::anyhow!("history writer has stopped"))?;
+        rx.recv()
+            .map_err(|_| anyhow::anyhow!("history writer has stopped"))?
+    }
+}
+
+/// Drain whatever is queued, keep the newest counters per class, write them
+/// in one transaction, answer any flush waiters.
+fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<Msg>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch: HashMap<String, HistoryRow> = HashMap::new();
+        let mut waiters = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Msg::Row(row) => {
+                    batch.insert(row.fingerprint.clone(), row);
+                }
+                Msg::Flush(w) => waiters.push(w),
+            }
+            next = rx.try_recv().ok();
+        }
+        let rows: Vec<HistoryRow> = batch.into_values().collect();
+        let result = if rows.is_empty() {
+            Ok(())
+        } else {
+            store.save_history(&rows)
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, rows = rows.len(), "persisting action history failed");
+        }
+        for w in waiters {
+            let _ = w.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(anyhow::anyhow!("{e:#}")),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    #[test]
+    fn shape_ignores_values_and_key_order() {
+        let a = ActionClass::new(
+            "bot",
+            "email",
+            "POST",
+            &json!({"to": "x@y", "cc": ["a"], "n": 1}),
+        );
+        let b = ActionClass::new(
+            "bot",
+            "email",
+            "POST",
+            &json!({"n": 99, "cc": ["b", "c"], "to": "z@w"}),
+        );
+        let c = ActionClass::new(
+            "bot",
+            "email",
+            "POST",
+            &json!({"n": 99, "cc": ["b"], "to": "z@w", "bcc": "q"}),
+        );
+        let d = ActionClass::new(
+            "other",
+            "email",
+            "POST",
+            &json!({"to": "x@y", "cc": ["a"], "n": 1}),
+        );
+        assert_eq!(a.key, b.key);
+        assert_ne!(a.key, c.key);
+        assert_ne!(a.key, d.key);
+        assert_eq!(a.shape, "POST {cc:[s],n:#,to:s}");
+    }
+
+    #[test]
+    fn seen_counts_only_carried_out_calls_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let class = ActionClass::new("bot", "trade", "POST", &json!({"amount": 1}));
+        {
+            let h = History::open(Arc::new(SqliteStore::open(&path).unwrap())).unwrap();
+            assert_eq!(h.get(&class).seen, 0);
+            h.record(&class, "gate", 100);
+            assert_eq!(h.get(&class).seen, 0);
+            h.record(&class, "allow", 101);
+            h.record(&class, "allow", 102);
+            h.flush().unwrap();
+        }
+        let h = History::open(Arc::new(SqliteStore::open(&path).unwrap())).unwrap();
+        let s = h.get(&class);
+        assert_eq!(
+            (s.seen, s.first_seen, s.last_seen),
+            (2, Some(101), Some(102))
+        );
+        assert_eq!(s.last_decision.as_deref(), Some("allow"));
+        assert_eq!(s.to_input()["first_seen"], "1970-01-01T00:01:41Z");
+    }
+}

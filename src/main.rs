@@ -1,0 +1,105 @@
+//! The `latch` binary: parse the command line, call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use latch::cli;
+
+const USAGE: &str = "usage:
+  latch serve [--config FILE]           run the proxy and admin listeners
+  latch check [--config FILE]           validate config and policies
+  latch policy test [DIR]               run case tables and test_* rules
+  latch policy eval --input FILE [--config FILE]
+                                        print the decision for one input
+The config defaults to ./latch.toml.";
+
+struct Args {
+    words: Vec<String>,
+    config: Option<PathBuf>,
+    input: Option<PathBuf>,
+}
+
+fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut args = Args {
+        words: Vec::new(),
+        config: None,
+        input: None,
+    };
+    while let Some(a) = raw.next() {
+        match a.as_str() {
+            "--config" | "-c" => {
+                args.config = Some(raw.next().ok_or("--config needs a file")?.into())
+            }
+            "--input" | "-i" => args.input = Some(raw.next().ok_or("--input needs a file")?.into()),
+            "-h" | "--help" => return Err(String::new()),
+            s if s.starts_with("--config=") => args.config = Some(s["--config=".len()..].into()),
+            s if s.starts_with("--input=") => args.input = Some(s["--input=".len()..].into()),
+            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
+            _ => args.words.push(a),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(msg) => {
+            if !msg.is_empty() {
+                eprintln!("error: {msg}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(if msg.is_empty() { 0 } else { 2 });
+        }
+    };
+    let words: Vec<&str> = args.words.iter().map(String::as_str).collect();
+    let code = match words.as_slice() {
+        ["serve"] => serve(cli::config_path(args.config)),
+        ["check"] => cli::check(&cli::config_path(args.config)),
+        ["policy", "test"] => cli::policy_test(&PathBuf::from("policies"), "data.latch.decision"),
+        ["policy", "test", dir] => cli::policy_test(&PathBuf::from(dir), "data.latch.decision"),
+        ["policy", "eval"] => match args.input {
+            None => {
+                eprintln!("error: policy eval needs --input FILE\n{USAGE}");
+                2
+            }
+            Some(input) => match cli::load_config(&cli::config_path(args.config)) {
+                Err(code) => code,
+                Ok(config) => report(cli::policy_eval(&config, &input)),
+            },
+        },
+        _ => {
+            eprintln!("{USAGE}");
+            2
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn serve(path: PathBuf) -> i32 {
+    let config = match cli::load_config(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    report(runtime.block_on(cli::serve(config)))
+}
+
+fn report(result: anyhow::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}

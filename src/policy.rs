@@ -1,0 +1,313 @@
+//! Rego policies: load a directory, compile once, evaluate each call under a
+//! time limit, and turn the result into a typed [`Decision`].
+//!
+//! The hot path runs the regorus virtual machine (compiled once per policy
+//! set, one VM per worker thread); where the VM cannot compile a policy the
+//! interpreter is used instead. Every failure — compile, runtime error,
+//! timeout, undefined or malformed result — becomes a deny with code
+//! `policy_error`, never an allow.
+
+pub mod cases;
+pub mod decision;
+pub mod input;
+
+use std::cell::RefCell;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::program::Program;
+use regorus::rvm::RegoVM;
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{CompiledPolicy, Engine, Value};
+use sha2::{Digest, Sha256};
+
+pub use decision::{Action, Decision, Risk};
+
+/// Which evaluator a policy set uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evaluator {
+    /// regorus virtual machine (fast path).
+    Vm,
+    /// regorus interpreter (fallback).
+    Interpreter,
+}
+
+/// Source files of a policy set.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `(path, text)` of each Rego module.
+    pub modules: Vec<(PathBuf, String)>,
+    /// `(path, json)` of each data file; merged at the root of `data`.
+    pub data: Vec<(PathBuf, serde_json::Value)>,
+    /// Case tables (`*.cases.json`), not loaded into the engine.
+    pub cases: Vec<PathBuf>,
+}
+
+impl Sources {
+    /// Collect `*.rego` (except `*_test.rego` unless `with_tests`) and
+    /// `*.json` under `dir`, in a stable order.
+    pub fn read_dir(dir: &Path, with_tests: bool) -> anyhow::Result<Sources> {
+        let mut files = Vec::new();
+        walk(dir, &mut files)
+            .with_context(|| format!("reading policy directory {}", dir.display()))?;
+        files.sort();
+        let mut s = Sources::default();
+        for f in files {
+            let name = f
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if name.ends_with(".cases.json") {
+                s.cases.push(f);
+            } else if name.ends_with(".rego") {
+                if name.ends_with("_test.rego") && !with_tests {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?;
+                s.modules.push((f, text));
+            } else if name.ends_with(".json") {
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| anyhow!("{}:{}: invalid JSON: {e}", f.display(), e.line()))?;
+                if !v.is_object() {
+                    return Err(anyhow!(
+                        "{}:1: a data file must hold a JSON object",
+                        f.display()
+                    ));
+                }
+                s.data.push((f, v));
+            }
+        }
+        if s.modules.is_empty() {
+            return Err(anyhow!("{}: no .rego files found", dir.display()));
+        }
+        Ok(s)
+    }
+
+    /// SHA-256 over every file name and content: identifies the policy set.
+    pub fn hash(&self) -> String {
+        let mut h = Sha256::new();
+        for (p, text) in &self.modules {
+            h.update(p.to_string_lossy().as_bytes());
+            h.update([0]);
+            h.update(text.as_bytes());
+            h.update([0]);
+        }
+        for (p, v) in &self.data {
+            h.update(p.to_string_lossy().as_bytes());
+            h.update([0]);
+            h.update(v.to_string().as_bytes());
+            h.update([0]);
+        }
+        crate::config::hex(&h.finalize())
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if hidden {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            walk(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Give every policy set its own number so per-thread VMs know when to reload.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static VM: RefCell<Option<(u64, RegoVM)>> = const { RefCell::new(None) };
+}
+
+/// A compiled, immutable policy set. Swapped whole, never edited.
+pub struct PolicySet {
+    generation: u64,
+    hash: String,
+    entrypoint: String,
+    timer: ExecutionTimerConfig,
+    engine: Engine,
+    vm: Option<(Arc<Program>, CompiledPolicy, Value)>,
+}
+
+impl std::fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("hash", &self.hash)
+            .field("entrypoint", &self.entrypoint)
+            .field("evaluator", &self.evaluator())
+            .finish()
+    }
+}
+
+/// The outcome of one evaluation.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// The decision (a `policy_error` deny when anything failed).
+    pub decision: Decision,
+    /// Evaluation wall time.
+    pub elapsed: Duration,
+    /// What went wrong, for logs (never sent to the agent).
+    pub error: Option<String>,
+}
+
+impl PolicySet {
+    /// Compile `sources`. Errors name the file and line.
+    pub fn compile(
+        sources: &Sources,
+        entrypoint: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<PolicySet> {
+        let mut engine = Engine::new();
+        engine.set_rego_v0(false);
+        for (path, text) in &sources.modules {
+            engine
+                .add_policy(path.display().to_string(), text.clone())
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        for (path, data) in &sources.data {
+            engine
+                .add_data(Value::from(data.clone()))
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        }
+        let timer = ExecutionTimerConfig {
+            limit: timeout,
+            check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+        };
+        engine.set_execution_timer_config(timer);
+        let rule: regorus::Rc<str> = entrypoint.into();
+        let compiled = engine
+            .compile_with_entrypoint(&rule)
+            .map_err(|e| anyhow!("{e}"))?;
+        // The VM is an optimisation: if it cannot take this policy, the
+        // interpreter answers instead (and a test checks both agree).
+        let vm = match Compiler::compile_from_policy(&compiled, &[entrypoint]) {
+            Ok(program) => Some((program, compiled, engine.get_data())),
+            Err(e) => {
+                tracing::warn!(error = %e, "policy does not compile for the VM; using the interpreter");
+                None
+            }
+        };
+        Ok(PolicySet {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            hash: sources.hash(),
+            entrypoint: entrypoint.to_string(),
+            timer,
+            engine,
+            vm,
+        })
+    }
+
+    /// Read and compile the policy directory.
+    pub fn load(dir: &Path, entrypoint: &str, timeout: Duration) -> anyhow::Result<PolicySet> {
+        let sources = Sources::read_dir(dir, false)?;
+        Self::compile(&sources, entrypoint, timeout)
+    }
+
+    /// SHA-256 of the sources.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Which evaluator serves requests.
+    pub fn evaluator(&self) -> Evaluator {
+        if self.vm.is_some() {
+            Evaluator::Vm
+        } else {
+            Evaluator::Interpreter
+        }
+    }
+
+    /// Evaluate with the fast evaluator.
+    pub fn evaluate(&self, input: Value) -> Evaluation {
+        let start = Instant::now();
+        let raw = match self.vm {
+            Some(_) => self.run_vm(input),
+            None => self.run_interpreter(input),
+        };
+        finish(raw, start)
+    }
+
+    /// Evaluate with the interpreter (reference semantics; used by tests and `policy eval`).
+    pub fn evaluate_interpreted(&self, input: Value) -> Evaluation {
+        let start = Instant::now();
+        finish(self.run_interpreter(input), start)
+    }
+
+    fn run_interpreter(&self, input: Value) -> Result<Value, String> {
+        let mut engine = self.engine.clone();
+        engine.set_input(input);
+        engine
+            .eval_rule(self.entrypoint.clone())
+            .map_err(|e| e.to_string())
+    }
+
+    fn run_vm(&self, input: Value) -> Result<Value, String> {
+        let Some((program, compiled, data)) = &self.vm else {
+            return Err("no VM program".into());
+        };
+        VM.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let stale = !matches!(&*slot, Some((g, _)) if *g == self.generation);
+            if stale {
+                let mut vm = RegoVM::new_with_policy(compiled.clone());
+                vm.load_program(program.clone());
+                vm.set_data(data.clone()).map_err(|e| e.to_string())?;
+                vm.set_execution_timer_config(Some(self.timer));
+                // The time limit bounds evaluation; the instruction cap is only
+                // a backstop, so keep it well above any sane policy.
+                vm.set_max_instructions(50_000_000);
+                *slot = Some((self.generation, vm));
+            }
+            let Some((_, vm)) = slot.as_mut() else {
+                return Err("VM unavailable".into());
+            };
+            vm.set_input(input);
+            vm.execute().map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn finish(raw: Result<Value, String>, start: Instant) -> Evaluation {
+    let elapsed = start.elapsed();
+    // (short reason for the agent, full detail for the log)
+    let parsed: Result<Decision, (&str, String)> = match raw {
+        Err(e) if e.contains("time limit") => Err(("evaluation timed out", e)),
+        Err(e) => Err(("evaluation failed", e)),
+        Ok(Value::Undefined) => Err(("no decision", "decision is undefined".to_string())),
+        Ok(v) => serde_json::to_value(&v)
+            .map_err(|e| e.to_string())
+            .and_then(Decision::parse)
+            .map_err(|e| ("malformed decision", e)),
+    };
+    match parsed {
+        Ok(decision) => Evaluation {
+            decision,
+            elapsed,
+            error: None,
+        },
+        Err((short, detail)) => Evaluation {
+            decision: Decision::policy_error(short),
+            elapsed,
+            error: Some(detail),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,290 @@
+//! The typed decision a policy returns, and the strict parser that turns a
+//! Rego value into it. Whatever does not parse is a deny (`policy_error`).
+
+use serde::{Deserialize, Serialize};
+
+/// What to do with the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Forward it.
+    Allow,
+    /// Refuse it.
+    Deny,
+    /// Hold it for human approval.
+    Gate,
+}
+
+impl Action {
+    /// Lower-case name, as in the contract and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+            Action::Gate => "gate",
+        }
+    }
+}
+
+/// How bad it is if the call goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    /// Low.
+    Low,
+    /// Medium.
+    Medium,
+    /// High.
+    High,
+    /// Critical.
+    Critical,
+}
+
+impl Risk {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
+            Risk::Critical => "critical",
+        }
+    }
+}
+
+/// What happens when an approval level's deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    /// Refuse (default).
+    Deny,
+    /// Execute (low/medium risk only).
+    Allow,
+    /// Move to the next `escalate` level.
+    Escalate,
+}
+
+/// Approval mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Needs the required approvals.
+    Explicit,
+    /// Executes at the deadline unless someone eligible rejects.
+    Veto,
+}
+
+/// `count` distinct humans holding `role`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirement {
+    /// Role.
+    pub role: String,
+    /// How many distinct people.
+    pub count: u32,
+}
+
+/// A later approval level.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Escalation {
+    /// Requirements at this level.
+    pub require: Vec<Requirement>,
+    /// Seconds before this level times out.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u64,
+}
+
+/// Who must approve a gated call, and by when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalSpec {
+    /// Requirements; all must be met.
+    pub require: Vec<Requirement>,
+    /// Seconds before the first level times out.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u64,
+    /// What a timeout does.
+    #[serde(default = "default_on_timeout")]
+    pub on_timeout: OnTimeout,
+    /// Further levels for `on_timeout = "escalate"`.
+    #[serde(default)]
+    pub escalate: Vec<Escalation>,
+    /// Explicit approval or veto window.
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+}
+
+fn default_timeout() -> u64 {
+    300
+}
+fn default_on_timeout() -> OnTimeout {
+    OnTimeout::Deny
+}
+fn default_mode() -> Mode {
+    Mode::Explicit
+}
+
+/// A policy decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// allow / deny / gate.
+    pub action: Action,
+    /// Risk level.
+    #[serde(default = "default_risk")]
+    pub risk: Risk,
+    /// Human- and agent-readable reasons.
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    /// Machine-readable code.
+    #[serde(default)]
+    pub code: String,
+    /// Approval requirements (gate only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalSpec>,
+    /// Money value at stake, if the policy extracted one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    /// What happens if this goes wrong (shown to reviewers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consequences: Option<serde_json::Value>,
+}
+
+fn default_risk() -> Risk {
+    Risk::Low
+}
+
+impl Decision {
+    /// The fail-closed deny for any policy failure.
+    pub fn policy_error(reason: &str) -> Decision {
+        Decision {
+            action: Action::Deny,
+            risk: Risk::High,
+            reasons: vec![format!("policy error: {reason}")],
+            code: "policy_error".to_string(),
+            approval: None,
+            value: None,
+            consequences: None,
+        }
+    }
+
+    /// Parse and check a decision object; `Err` names what is wrong.
+    pub fn parse(value: serde_json::Value) -> Result<Decision, String> {
+        if !value.is_object() {
+            return Err(format!("decision must be an object, got {}", kind(&value)));
+        }
+        let mut d: Decision =
+            serde_json::from_value(value).map_err(|e| format!("malformed decision: {e}"))?;
+        if d.code.is_empty() {
+            d.code = match d.action {
+                Action::Allow => "allowed",
+                Action::Deny => "denied",
+                Action::Gate => "gated",
+            }
+            .to_string();
+        }
+        match (&d.action, &d.approval) {
+            (Action::Gate, None) => return Err("a gate decision needs `approval.require`".into()),
+            (Action::Gate, Some(a)) => check_approval(a, d.risk)?,
+            _ => {}
+        }
+        Ok(d)
+    }
+}
+
+fn check_requirements(require: &[Requirement], at: &str) -> Result<(), String> {
+    if require.is_empty() {
+        return Err(format!("{at}.require must name at least one role"));
+    }
+    for r in require {
+        if r.role.is_empty() || r.count == 0 {
+            return Err(format!(
+                "{at}.require entries need a role and a count of at least 1"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_approval(a: &ApprovalSpec, risk: Risk) -> Result<(), String> {
+    check_requirements(&a.require, "approval")?;
+    if a.timeout_s == 0 {
+        return Err("approval.timeout_s must be greater than 0".into());
+    }
+    if a.on_timeout == OnTimeout::Allow && risk >= Risk::High {
+        return Err(format!(
+            "on_timeout \"allow\" is refused for {} risk",
+            risk.as_str()
+        ));
+    }
+    if a.on_timeout == OnTimeout::Escalate && a.escalate.is_empty() {
+        return Err("on_timeout \"escalate\" needs at least one escalate level".into());
+    }
+    for (i, e) in a.escalate.iter().enumerate() {
+        check_requirements(&e.require, &format!("approval.escalate[{i}]"))?;
+        if e.timeout_s == 0 {
+            return Err(format!(
+                "approval.escalate[{i}].timeout_s must be greater than 0"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn minimal_allow() {
+        let d = Decision::parse(json!({"action": "allow"})).unwrap();
+        assert_eq!(d.action, Action::Allow);
+        assert_eq!(d.risk, Risk::Low);
+        assert_eq!(d.code, "allowed");
+    }
+
+    #[test]
+    fn gate_with_levels() {
+        let d = Decision::parse(json!({
+            "action": "gate", "risk": "high", "reasons": ["big"], "code": "value",
+            "approval": {"require": [{"role": "lead", "count": 1}], "on_timeout": "escalate",
+                         "escalate": [{"require": [{"role": "director", "count": 1}], "timeout_s": 600}]}
+        }))
+        .unwrap();
+        let a = d.approval.unwrap();
+        assert_eq!(a.timeout_s, 300);
+        assert_eq!(a.escalate[0].timeout_s, 600);
+        assert_eq!(a.mode, Mode::Explicit);
+    }
+
+    #[test]
+    fn malformed_is_refused() {
+        for v in [
+            json!(true),
+            json!("allow"),
+            json!({}),
+            json!({"action": "maybe"}),
+            json!({"action": "allow", "risk": "extreme"}),
+            json!({"action": "allow", "reasons": "one"}),
+            json!({"action": "gate"}),
+            json!({"action": "gate", "approval": {"require": []}}),
+            json!({"action": "gate", "approval": {"require": [{"role": "lead", "count": 0}]}}),
+            json!({"action": "gate", "risk": "high", "approval": {"require": [{"role": "lead", "count": 1}], "on_timeout": "allow"}}),
+            json!({"action": "gate", "approval": {"require": [{"role": "lead", "count": 1}], "on_timeout": "escalate"}}),
+        ] {
+            assert!(Decision::parse(v.clone()).is_err(), "{v} should be refused");
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The agents' data plane: one explicit pipeline per call.
+//!
+//! ```text
+//! method → path → identity → route → body → input → policy → record → answer/forward
+//! ```
+//! The order matters: malformed paths are refused before anything else looks
+//! at them; identity comes before routing so an unauthenticated caller
+//! cannot probe which routes exist; the body is read (bounded in size and
+//! time) only once the route — and so its limit — is known; the decision is
+//! recorded before the call is forwarded.
+
+pub mod error;
+pub mod headers;
+pub mod path;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use crate::app::Latch;
+use crate::history::ActionClass;
+use crate::identity::Principal;
+use crate::policy::input::{self, RequestFacts, RouteFacts};
+use crate::policy::{Action, Decision};
+use crate::server::{full, json as json_response, Body, ConnInfo};
+use error::ProxyError;
+use upstream::Route;
+
+/// Time allowed for an agent to send a request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per-request context, carried through every stage and into the log line.
+struct Ctx {
+    id: String,
+    start: Instant,
+    method: Method,
+    agent: Option<Arc<Principal>>,
+    route: Option<String>,
+    /// `allow` / `deny` / `gate`, or the error code.
+    outcome: &'static str,
+    policy_code: Option<String>,
+}
+
+/// Decrements the in-flight gauge however the request ends (hyper drops the
+/// future if the client goes away).
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn new(g: &prometheus::IntGauge) -> InFlight {
+        g.inc();
+        InFlight(g.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Handle one agent request.
+pub async fn handle(latch: Latch, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
+    let _in_flight = InFlight::new(&latch.metrics.in_flight);
+    let mut ctx = Ctx {
+        id: uuid::Uuid::now_v7().to_string(),
+        start: Instant::now(),
+        method: req.method().clone(),
+        agent: None,
+        route: None,
+        outcome: "error",
+        policy_code: None,
+    };
+    let mut resp = match pipeline(&latch, req, &conn, &mut ctx).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            ctx.outcome = e.status_and_code().1;
+            e.into_response(&ctx.id)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+        resp.headers_mut().insert("latch-request-id", v);
+    }
+    let route = ctx.route.as_deref().unwrap_or("-");
+    latch
+        .metrics
+        .requests
+        .with_label_values(&[route, ctx.outcome])
+        .inc();
+    tracing::info!(
+        request_id = %ctx.id,
+        agent = ctx.agent.as_ref().map(|a| a.id.as_str()).unwrap_or("-"),
+        route,
+        method = %ctx.method,
+        decision = ctx.outcome,
+        code = ctx.policy_code.as_deref().unwrap_or("-"),
+        status = resp.status().as_u16(),
+        latency_us = ctx.start.elapsed().as_micros() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn pipeline(
+    latch: &Latch,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    ctx: &mut Ctx,
+) -> Result<Response<Body>, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let decoded_path = path::normalize(req.uri().path())?;
+
+    let agent = latch.directory.authenticate(
+        req.headers()
+            .get(http::header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+        conn.cert_principal.as_ref(),
+    )?;
+    ctx.agent = Some(agent.clone());
+
+    // `/latch/…` belongs to Latch itself; no route may shadow it.
+    if path::under(&decoded_path, "/latch") {
+        return Err(ProxyError::NoRoute);
+    }
+    let route = upstream::find(&latch.routes, &decoded_path).ok_or(ProxyError::NoRoute)?;
+    ctx.route = Some(route.config.name.clone());
+
+    let (parts, body) = req.into_parts();
+    let limit = route.config.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ProxyError::BodyTooLarge(limit));
+    }
+
+    // Buffer the body so the policy sees exactly the bytes that will be sent,
+    // unless the route streams (then the policy sees no body).
+    let (buffered, streamed): (Option<Bytes>, Option<Incoming>) = if route.config.stream_body {
+        (None, Some(body))
+    } else {
+        (
+            Some(read_body(body_limited(body, limit), limit).await?),
+            None,
+        )
+    };
+    let parsed: Option<Value> = buffered
+        .as_ref()
+        .filter(|b| !b.is_empty())
+        .and_then(|b| serde_json::from_slice(b).ok());
+    let sha = buffered
+        .as_ref()
+        .map(|b| crate::config::hex(&crate::config::sha256(b)));
+
+    let query = input::parse_query(parts.uri.query());
+    let (tool, args) = input::action(&route.config.tool, parsed.as_ref(), &query);
+    let class = ActionClass::new(&agent.id, tool, parts.method.as_str(), &args);
+    let stats = latch.history.get(&class);
+    let now = chrono::Utc::now();
+    let facts = RequestFacts {
+        method: parts.method.as_str(),
+        path: &decoded_path,
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        allowed_headers: &latch.config.policy.input_headers,
+        body: parsed.as_ref(),
+        body_sha256: sha.as_deref(),
+        size: buffered.as_ref().map(|b| b.len() as u64).or(declared),
+    };
+    let route_facts = RouteFacts {
+        name: &route.config.name,
+        upstream: &route.upstream_text,
+        tool: &route.config.tool,
+    };
+    let tool = tool.to_string();
+    let doc = input::build(
+        &facts,
+        &route_facts,
+        &agent,
+        &tool,
+        args,
+        query,
+        &stats,
+        now,
+    );
+
+    let policy = latch.policy();
+    let eval = policy.evaluate(regorus::Value::from(doc));
+    latch
+        .metrics
+        .policy_eval
+        .observe(eval.elapsed.as_secs_f64());
+    if let Some(err) = &eval.error {
+        latch
+            .metrics
+            .policy_errors
+            .with_label_values(&[eval
+                .decision
+                .reasons
+                .first()
+                .map(String::as_str)
+                .unwrap_or("error")])
+            .inc();
+        tracing::warn!(request_id = %ctx.id, error = %err, policy = policy.hash(), "policy failed; denying");
+    }
+    let decision = eval.decision;
+    ctx.outcome = decision.action.as_str();
+    ctx.policy_code = Some(decision.code.clone());
+    latch
+        .history
+        .record(&class, decision.action.as_str(), now.timestamp());
+
+    match decision.action {
+        Action::Deny => Ok(deny(&ctx.id, &decision)),
+        Action::Gate => Ok(gated(&ctx.id, &decision)),
+        Action::Allow => {
+            let suffix = path::raw_suffix(parts.uri.path(), &route.config.prefix);
+            let body = match (buffered, streamed) {
+                (Some(b), _) => full(b),
+                (None, Some(s)) => body_limited(s, limit).boxed(),
+                (None, None) => return Err(ProxyError::Internal),
+            };
+            forward(latch, route, parts, &suffix, body, conn).await
+        }
+    }
+}
+
+fn body_limited(
+    body: Incoming,
+    limit: u64,
+) -> impl http_body::Body<Data = Bytes, Error = crate::server::BoxError> {
+    Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+}
+
+async fn read_body<B>(body: B, limit: u64) -> Result<Bytes, ProxyError>
+where
+    B: http_body::Body<Data = Bytes, Error = crate::server::BoxError>,
+{
+    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+        Err(_) => Err(ProxyError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if is_length_limit(&*e) => Err(ProxyError::BodyTooLarge(limit)),
+        Ok(Err(_)) => Err(ProxyError::BodyRead),
+    }
+}
+
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn decision_response(status: StatusCode, action: &'static str, body: Value) -> Response<Body> {
+    let mut resp = json_response(status, &body);
+    resp.headers_mut()
+        .insert("latch-decision", HeaderValue::from_static(action));
+    resp
+}
+
+fn deny(id: &str, d: &Decision) -> Response<Body> {
+    decision_response(
+        StatusCode::FORBIDDEN,
+        "deny",
+        json!({"error": "denied", "decision_id": id, "code": d.code, "risk": d.risk, "reasons": d.reasons}),
+    )
+}
+
+/// Until the hold-and-approve flow exists, a gated call is refused with
+/// the approvals it would need, so the agent can tell its user.
+fn gated(id: &str, d: &Decision) -> Response<Body> {
+    let needs = d
+        .approval
+        .as_ref()
+        .map(|a| {
+            a.require
+                .iter()
+                .map(|r| format!("{} × {}", r.count, r.role))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        })
+        .unwrap_or_default();
+    decision_response(
+        StatusCode::FORBIDDEN,
+        "gate",
+        json!({
+            "error": "gated", "decision_id": id, "code": d.code, "risk": d.risk, "reasons": d.reasons,
+            "approval": d.approval, "value": d.value,
+            "message": format!("this call needs human approval ({needs}); approvals are not enabled on this Latch yet"),
+        }),
+    )
+}
+
+async fn forward(
+    latch: &Latch,
+    route: &Route,
+    mut parts: http::request::Parts,
+    suffix: &str,
+    body: Body,
+    conn: &ConnInfo,
+) -> Result<Response<Body>, ProxyError> {
+    let uri = route
+        .upstream_uri(suffix, parts.uri.query())
+        .map_err(|_| ProxyError::Internal)?;
+    headers::upstream_request_headers(
+        &mut parts.headers,
+        conn.peer,
+        conn.tls,
+        &route.config.inject_headers,
+    );
+    let mut upstream_req = Request::new(body);
+    *upstream_req.method_mut() = parts.method;
+    *upstream_req.uri_mut() = uri;
+    *upstream_req.headers_mut() = parts.headers;
+
+    let started = Instant::now();
+    let result =
+        tokio::time::timeout(route.config.timeout, route.client.request(upstream_req)).await;
+    latch
+        .metrics
+        .upstream
+        .with_label_values(&[&route.config.name])
+        .observe(started.elapsed().as_secs_f64());
+    let resp = match result {
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(e)) if is_length_limit(&e) => {
+            return Err(ProxyError::BodyTooLarge(route.config.max_body_bytes))
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            tracing::warn!(route = %route.config.name, error = %e, "upstream connect failed");
+            return Err(ProxyError::UpstreamUnavailable);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(route = %route.config.name, error = %e, "upstream request failed");
+            return Err(ProxyError::UpstreamFailed);
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert("latch-decision", HeaderValue::from_static("allow"));
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(Into::into).boxed(),
+    ))
+}

@@ -1,0 +1,91 @@
+//! Every way the data plane refuses or fails a call, with one exhaustive
+//! mapping to an HTTP answer. There is no catch-all arm: a new variant has to
+//! choose its status here.
+
+use http::{HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use super::path::PathError;
+use crate::identity::AuthError;
+use crate::server::{json as json_response, Body};
+
+/// A call Latch answers itself with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Ambiguous or malformed path.
+    #[error("{0}")]
+    BadPath(#[from] PathError),
+    /// A method Latch does not proxy (CONNECT).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// No or unknown credentials.
+    #[error("{0}")]
+    Unauthenticated(#[from] AuthError),
+    /// No route for the path.
+    #[error("no route for this path")]
+    NoRoute,
+    /// Body larger than the route allows.
+    #[error("request body exceeds {0} bytes")]
+    BodyTooLarge(u64),
+    /// The client was too slow sending its body.
+    #[error("request body was not received in time")]
+    BodyTimeout,
+    /// The body could not be read.
+    #[error("request body could not be read")]
+    BodyRead,
+    /// The upstream could not be reached.
+    #[error("upstream is unavailable")]
+    UpstreamUnavailable,
+    /// The upstream failed mid-exchange.
+    #[error("upstream failed")]
+    UpstreamFailed,
+    /// The upstream did not answer in time.
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+    /// Latch itself failed; details are logged, not sent.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ProxyError {
+    /// Status and the `latch-error` code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ProxyError::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_path"),
+            ProxyError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ProxyError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ProxyError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            ProxyError::BodyRead => (StatusCode::BAD_REQUEST, "bad_body"),
+            ProxyError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+            ProxyError::UpstreamFailed => (StatusCode::BAD_GATEWAY, "upstream_failed"),
+            ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ProxyError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The answer: JSON `{"error": code, "message"}` with `latch-error: code`.
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let (status, code) = self.status_and_code();
+        let mut resp = json_response(
+            status,
+            &json!({"error": code, "message": self.to_string(), "request_id": request_id}),
+        );
+        let h = resp.headers_mut();
+        h.insert("latch-error", HeaderValue::from_static(code));
+        if matches!(self, ProxyError::Unauthenticated(_)) {
+            h.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"latch\""),
+            );
+        }
+        if matches!(self, ProxyError::MethodNotAllowed) {
+            h.insert(
+                http::header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+        }
+        resp
+    }
+}

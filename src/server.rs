@@ -1,0 +1,176 @@
+//! Listener plumbing shared by the proxy, admin and demo listeners: accept,
+//! optional TLS handshake (and client-certificate identity), HTTP/1.1 with a
+//! header read timeout, graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::identity::{Directory, Principal};
+
+/// Boxed error for bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response and upstream request.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A whole body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A JSON response with the given status.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// What a handler knows about the connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// Principal named by a verified client certificate.
+    pub cert_principal: Option<Arc<Principal>>,
+}
+
+/// How a listener runs.
+#[derive(Clone)]
+pub struct ListenerOptions {
+    /// TLS acceptor, if the listener is TLS.
+    pub tls: Option<TlsAcceptor>,
+    /// Maps client certificates to principals (mTLS proxy listener only).
+    pub directory: Option<Arc<Directory>>,
+    /// Time allowed for the TLS handshake and each request head.
+    pub header_read_timeout: Duration,
+}
+
+/// Accept connections until `shutdown` turns true, then let open connections
+/// finish their current request (up to 10 s).
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    opts: ListenerOptions,
+    mut shutdown: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let opts = opts.clone();
+        let handler = handler.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            match opts.tls.clone() {
+                None => {
+                    let info = Arc::new(ConnInfo {
+                        peer,
+                        tls: false,
+                        cert_principal: None,
+                    });
+                    serve_conn(stream, info, &opts, handler, watcher).await;
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(
+                        opts.header_read_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let cert_principal =
+                        match (&opts.directory, tls.get_ref().1.peer_certificates()) {
+                            (Some(dir), Some([leaf, ..])) => {
+                                dir.by_cert_names(&crate::tls::cert_names(leaf)).cloned()
+                            }
+                            _ => None,
+                        };
+                    let info = Arc::new(ConnInfo {
+                        peer,
+                        tls: true,
+                        cert_principal,
+                    });
+                    serve_conn(tls, info, &opts, handler, watcher).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s; closing them");
+    }
+}
+
+async fn serve_conn<S, H, F>(
+    stream: S,
+    info: Arc<ConnInfo>,
+    opts: &ListenerOptions,
+    handler: H,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let fut = handler(req, info.clone());
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus metrics (one registry per Latch instance, no globals) and
+//! tracing setup.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Every metric Latch exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route and decision (`allow`, `deny`, `gate`, or an error code).
+    pub requests: IntCounterVec,
+    /// Policy evaluation time.
+    pub policy_eval: Histogram,
+    /// Upstream time to response head, by route.
+    pub upstream: HistogramVec,
+    /// Requests being handled now.
+    pub in_flight: IntGauge,
+    /// `latch_policy_info{hash, evaluator} 1` for the active policy set.
+    pub policy_info: IntGaugeVec,
+    /// Policy evaluations that failed (and so denied), by reason.
+    pub policy_errors: IntCounterVec,
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> anyhow::Result<Metrics> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "latch_requests_total",
+                "Proxied requests by route and decision",
+            ),
+            &["route", "decision"],
+        )?;
+        let policy_eval = Histogram::with_opts(
+            HistogramOpts::new("latch_policy_eval_seconds", "Policy evaluation time").buckets(
+                vec![
+                    0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25,
+                    0.000_5, 0.001, 0.005, 0.025, 0.1,
+                ],
+            ),
+        )?;
+        let upstream = HistogramVec::new(
+            HistogramOpts::new("latch_upstream_seconds", "Upstream time to response head").buckets(
+                vec![
+                    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0, 10.0, 30.0,
+                ],
+            ),
+            &["route"],
+        )?;
+        let in_flight = IntGauge::new("latch_requests_in_flight", "Requests being handled")?;
+        let policy_info = IntGaugeVec::new(
+            Opts::new("latch_policy_info", "The active policy set"),
+            &["hash", "evaluator"],
+        )?;
+        let policy_errors = IntCounterVec::new(
+            Opts::new(
+                "latch_policy_errors_total",
+                "Policy evaluations that failed closed",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(policy_eval.clone()))?;
+        registry.register(Box::new(upstream.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(policy_info.clone()))?;
+        registry.register(Box::new(policy_errors.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            policy_eval,
+            upstream,
+            in_flight,
+            policy_info,
+            policy_errors,
+        })
+    }
+
+    /// Publish which policy set is active (replacing the previous one).
+    pub fn set_policy(&self, hash: &str, evaluator: &str) {
+        self.policy_info.reset();
+        self.policy_info
+            .with_label_values(&[hash, evaluator])
+            .set(1);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> anyhow::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// Install the global tracing subscriber (text or JSON lines on stderr).
+/// `RUST_LOG` overrides the configured level. Safe to call more than once.
+pub fn init_tracing(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
