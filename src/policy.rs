@@ -175,6 +175,9 @@ impl PolicySet {
     ) -> anyhow::Result<PolicySet> {
         let mut engine = Engine::new();
         engine.set_rego_v0(false);
+        // A failing builtin is an error (and so a deny with a clear reason),
+        // not a silently undefined value, on both evaluators alike.
+        engine.set_strict_builtin_errors(true);
         for (path, text) in &sources.modules {
             engine
                 .add_policy(path.display().to_string(), text.clone())
@@ -237,7 +240,13 @@ impl PolicySet {
     pub fn evaluate(&self, input: Value) -> Evaluation {
         let start = Instant::now();
         let raw = match self.vm {
-            Some(_) => self.run_vm(input),
+            // The VM reports a failing expression as "undefined"; on that
+            // (already failing, so rare) path ask the interpreter, which names
+            // the error, so logs and the agent learn what went wrong.
+            Some(_) => match self.run_vm(input.clone()) {
+                Ok(Value::Undefined) => self.run_interpreter(input),
+                other => other,
+            },
             None => self.run_interpreter(input),
         };
         finish(raw, start)
@@ -269,6 +278,7 @@ impl PolicySet {
                 vm.load_program(program.clone());
                 vm.set_data(data.clone()).map_err(|e| e.to_string())?;
                 vm.set_execution_timer_config(Some(self.timer));
+                vm.set_strict_builtin_errors(true);
                 // The time limit bounds evaluation; the instruction cap is only
                 // a backstop, so keep it well above any sane policy.
                 vm.set_max_instructions(50_000_000);

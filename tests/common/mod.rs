@@ -1,0 +1,342 @@
+//! Test harness: a recording upstream and a Latch started on 127.0.0.1:0
+//! with a temp directory for its policies and database.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use latch::app::{start, Running};
+use latch::config::Config;
+use latch::server::{self, json, ListenerOptions};
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP upstream on loopback that records every request.
+/// `/slow…` answers after 3 s; `/hop…` answers with hop-by-hop headers;
+/// everything else echoes a small JSON document.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stop, rx) = watch::channel(false);
+        let s = seen.clone();
+        let opts = ListenerOptions {
+            tls: None,
+            directory: None,
+            header_read_timeout: Duration::from_secs(5),
+        };
+        tokio::spawn(server::serve(
+            listener,
+            opts,
+            rx,
+            move |req: Request<Incoming>, _| {
+                let s = s.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|c| c.to_bytes())
+                        .unwrap_or_default();
+                    s.lock().unwrap().push(Seen {
+                        method: parts.method.to_string(),
+                        uri: parts.uri.to_string(),
+                        headers: parts.headers.clone(),
+                        body: body.clone(),
+                    });
+                    let path = parts.uri.path().to_string();
+                    if path.contains("/slow") {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
+                    let mut resp = json(
+                        StatusCode::OK,
+                        &serde_json::json!({"upstream": "ok", "path": path, "bytes": body.len()}),
+                    );
+                    if path.contains("/hop") {
+                        let h = resp.headers_mut();
+                        h.insert("connection", "x-upstream-hop".parse().unwrap());
+                        h.insert("x-upstream-hop", "secret".parse().unwrap());
+                        h.insert("keep-alive", "timeout=5".parse().unwrap());
+                        h.insert("x-upstream-end", "kept".parse().unwrap());
+                    }
+                    resp
+                }
+            },
+        ));
+        Upstream { addr, seen, stop }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A test policy: behaviour chosen by arguments so one policy covers the
+/// proxy tests. `echo_input` denies with the input document as its reason.
+pub const TEST_POLICY: &str = r#"package latch
+import rego.v1
+
+decision := {"action": "deny", "code": "echo", "reasons": [json.marshal(input)]} if {
+    input.action.args.echo_input == true
+} else := {"action": "deny", "code": "seen_before", "reasons": [sprintf("seen %d times", [input.history.seen])]} if {
+    input.route.name == "novel"
+    input.history.seen > 0
+} else := {"action": "deny", "code": "blocked", "reasons": ["blocked by test policy", "try something else"]} if {
+    input.action.args.block == true
+} else := {"action": "gate", "risk": "high", "code": "needs_lead", "reasons": ["big"],
+           "approval": {"require": [{"role": "lead", "count": 1}, {"role": "director", "count": 1}]}} if {
+    input.action.args.gate == true
+} else := {"action": "allow", "risk": "low", "code": "ok", "reasons": []} if {
+    input.route.name != "broken"
+}
+"#;
+
+/// A policy that fails in three ways: `?n=nope` is a runtime error,
+/// `/broken/slow` never finishes in time, no `n` leaves it undefined.
+pub const BROKEN_POLICY: &str = r#"package latch
+import rego.v1
+
+default slow := 0
+
+slow := count([1 | some a in numbers.range(1, 5000); some b in numbers.range(1, 5000)]) if {
+    input.request.path == "/broken/slow"
+}
+
+decision := {"action": "allow", "n": to_number(input.action.args.n), "slow": slow}
+"#;
+
+pub struct TestLatch {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub config_text: String,
+    pub env: BTreeMap<String, String>,
+}
+
+pub const AGENT_TOKEN: &str = "agent-token";
+
+/// Config text with `{upstream}` and `{dir}` substituted.
+pub fn config_text(upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+max_body_bytes = 1024
+header_read_timeout_ms = 2000
+
+[admin]
+listen = "127.0.0.1:0"
+
+[store]
+url = "sqlite://latch.db"
+
+[policy]
+dir = "policies"
+timeout_ms = 50
+
+[[principals]]
+id = "bot"
+roles = ["agent"]
+token_env = "BOT_TOKEN"
+
+[[principals]]
+id = "alice"
+roles = ["lead"]
+token = "alice-token"
+
+[[routes]]
+name = "echo"
+prefix = "/tools/echo"
+upstream = "{upstream}/base"
+tool = "echo"
+inject_headers = {{ authorization = "env:UPSTREAM_KEY", x-tool-version = "7" }}
+
+[[routes]]
+name = "slow"
+prefix = "/tools/slow"
+upstream = "{upstream}/slow"
+timeout_ms = 300
+
+[[routes]]
+name = "stream"
+prefix = "/tools/stream"
+upstream = "{upstream}"
+stream_body = true
+
+[[routes]]
+name = "novel"
+prefix = "/tools/novel"
+upstream = "{upstream}"
+
+[[routes]]
+name = "broken"
+prefix = "/broken"
+upstream = "{upstream}"
+
+[[routes]]
+name = "down"
+prefix = "/tools/down"
+upstream = "http://127.0.0.1:9"
+{extra}
+"#
+    )
+}
+
+impl TestLatch {
+    /// Start with the test policy.
+    pub async fn start(upstream: &str) -> TestLatch {
+        Self::start_with(upstream, "", TEST_POLICY).await
+    }
+
+    pub async fn start_with(upstream: &str, extra: &str, policy: &str) -> TestLatch {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/test.rego"), policy).unwrap();
+        let mut env = BTreeMap::new();
+        env.insert("BOT_TOKEN".to_string(), AGENT_TOKEN.to_string());
+        env.insert(
+            "UPSTREAM_KEY".to_string(),
+            "Bearer upstream-secret".to_string(),
+        );
+        let mut t = TestLatch {
+            running: None,
+            dir,
+            config_text: config_text(upstream, extra),
+            env,
+        };
+        t.boot().await;
+        t
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("latch.toml")
+    }
+
+    async fn boot(&mut self) {
+        std::fs::write(self.config_path(), &self.config_text).unwrap();
+        let config = Config::parse(&self.config_path(), &self.config_text, &self.env)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        self.running = Some(start(config).await.unwrap());
+    }
+
+    /// Stop gracefully and start again on the same directory.
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        self.boot().await;
+    }
+
+    pub fn proxy(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().proxy_addr
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().admin_addr
+    }
+
+    pub fn policy_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A plain HTTP/1.1 client.
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+}
+
+pub async fn send(req: Request<Full<Bytes>>) -> Answer {
+    let resp: Response<Incoming> = client().request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// A request with the agent's token.
+pub fn agent_request(method: &str, addr: SocketAddr, path: &str) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {AGENT_TOKEN}"))
+}
+
+pub async fn call(method: &str, addr: SocketAddr, path: &str, body: &str) -> Answer {
+    let req = agent_request(method, addr, path)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    send(req).await
+}
+
+/// Send raw bytes and return the status code of the answer.
+pub async fn raw_status(addr: SocketAddr, request: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
