@@ -1,1 +1,50 @@
-fn main() {}
+//! Policy evaluation cost on the shipped policies: the VM (hot path), the
+//! interpreter (fallback), and building + converting the input document.
+//!
+//! `cargo bench --bench policy`
+
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde_json::json;
+
+use latch::policy::{PolicySet, Sources};
+
+fn input(tool: &str, args: serde_json::Value, seen: u64) -> serde_json::Value {
+    json!({
+        "request": {"method": "POST", "path": "/tools/x", "query": {}, "headers": {"content-type": "application/json"},
+                    "body": args.clone(), "body_sha256": "00", "content_type": "application/json", "size": 64},
+        "route": {"name": "x", "upstream": "http://127.0.0.1:9001", "tool": tool},
+        "agent": {"id": "support-bot", "roles": ["agent"]},
+        "action": {"tool": tool, "args": args},
+        "history": {"seen": seen, "first_seen": null, "approved": 0, "rejected": 0, "last_decision": null},
+        "now": {"rfc3339": "2026-11-23T10:00:00Z", "unix": 1795431600, "weekday": "Monday", "hour": 10}
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let sources = Sources::read_dir(&dir, false).expect("shipped policies");
+    let set = PolicySet::compile(&sources, "data.latch.decision", Duration::from_millis(50)).expect("compile");
+
+    let cases = [
+        ("allow_search", input("search", json!({"q": "rego"}), 3)),
+        ("gate_trade_value", input("execute_trade", json!({"symbol": "ACME", "amount": 5000, "currency": "EUR"}), 3)),
+        ("deny_unknown_tool", input("drop_database", json!({}), 0)),
+    ];
+    let mut g = c.benchmark_group("policy");
+    for (name, doc) in &cases {
+        let value = regorus::Value::from(doc.clone());
+        g.bench_function(format!("vm/{name}"), |b| b.iter(|| set.evaluate(value.clone())));
+        g.bench_function(format!("interpreter/{name}"), |b| {
+            b.iter(|| set.evaluate_interpreted(value.clone()))
+        });
+    }
+    let (_, doc) = &cases[0];
+    g.bench_function("input/json_to_regorus_value", |b| b.iter(|| regorus::Value::from(doc.clone())));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
