@@ -26,23 +26,35 @@ fn input(tool: &str, args: serde_json::Value, seen: u64) -> serde_json::Value {
 fn bench(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let sources = Sources::read_dir(&dir, false).expect("shipped policies");
-    let set = PolicySet::compile(&sources, "data.latch.decision", Duration::from_millis(50)).expect("compile");
+    let set = PolicySet::compile(&sources, "data.latch.decision", Duration::from_millis(50))
+        .expect("compile");
 
     let cases = [
         ("allow_search", input("search", json!({"q": "rego"}), 3)),
-        ("gate_trade_value", input("execute_trade", json!({"symbol": "ACME", "amount": 5000, "currency": "EUR"}), 3)),
+        (
+            "gate_trade_value",
+            input(
+                "execute_trade",
+                json!({"symbol": "ACME", "amount": 5000, "currency": "EUR"}),
+                3,
+            ),
+        ),
         ("deny_unknown_tool", input("drop_database", json!({}), 0)),
     ];
     let mut g = c.benchmark_group("policy");
     for (name, doc) in &cases {
         let value = regorus::Value::from(doc.clone());
-        g.bench_function(format!("vm/{name}"), |b| b.iter(|| set.evaluate(value.clone())));
+        g.bench_function(format!("vm/{name}"), |b| {
+            b.iter(|| set.evaluate(value.clone()))
+        });
         g.bench_function(format!("interpreter/{name}"), |b| {
             b.iter(|| set.evaluate_interpreted(value.clone()))
         });
     }
     let (_, doc) = &cases[0];
-    g.bench_function("input/json_to_regorus_value", |b| b.iter(|| regorus::Value::from(doc.clone())));
+    g.bench_function("input/json_to_regorus_value", |b| {
+        b.iter(|| regorus::Value::from(doc.clone()))
+    });
     g.finish();
 }
 

@@ -22,7 +22,10 @@ use hyper_util::rt::TokioExecutor;
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The tool upstream: a tiny JSON answer, on its own single-thread runtime.
@@ -30,17 +33,25 @@ fn start_upstream() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
         rt.block_on(async move {
             listener.set_nonblocking(true).expect("nonblocking");
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(|_req| async {
-                        let mut r = Response::new(Full::new(Bytes::from_static(br#"{"results":["a","b"]}"#)));
-                        r.headers_mut().insert("content-type", "application/json".parse().expect("hv"));
+                        let mut r = Response::new(Full::new(Bytes::from_static(
+                            br#"{"results":["a","b"]}"#,
+                        )));
+                        r.headers_mut()
+                            .insert("content-type", "application/json".parse().expect("hv"));
                         Ok::<_, std::convert::Infallible>(r)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -54,7 +65,11 @@ fn start_upstream() -> SocketAddr {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 struct Proc(Child);
@@ -122,7 +137,9 @@ inject_headers = {{ authorization = "Bearer upstream-key" }}
 }
 
 fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<(Proc, SocketAddr)> {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists())?;
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
     let port = free_port();
     let conf = format!(
         r#"worker_processes 1;
@@ -219,7 +236,12 @@ async fn closed_loop(url: &str, conns: u64, secs: u64) -> Result {
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort();
-    Result { rps: all.len() as f64 / elapsed, p50_ms: percentile(&all, 0.5), p99_ms: percentile(&all, 0.99), errors }
+    Result {
+        rps: all.len() as f64 / elapsed,
+        p50_ms: percentile(&all, 0.5),
+        p99_ms: percentile(&all, 0.99),
+        errors,
+    }
 }
 
 /// Open loop at a fixed rate: requests start on schedule whatever the
@@ -246,7 +268,12 @@ async fn fixed_rate(url: &str, rate: u64, secs: u64) -> Result {
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort();
-    Result { rps: all.len() as f64 / elapsed, p50_ms: percentile(&all, 0.5), p99_ms: percentile(&all, 0.99), errors }
+    Result {
+        rps: all.len() as f64 / elapsed,
+        p50_ms: percentile(&all, 0.5),
+        p99_ms: percentile(&all, 0.99),
+        errors,
+    }
 }
 
 fn main() {
@@ -271,7 +298,11 @@ fn main() {
     } else {
         eprintln!("nginx not found (apt-get install nginx-light); skipping the nginx comparison");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
     println!("phase        target   req/s      p50 ms   p99 ms   errors");
     let mut fixed = Vec::new();
     let mut closed = Vec::new();
@@ -279,15 +310,25 @@ fn main() {
         // Warm up connection pools and caches.
         rt.block_on(closed_loop(url, 4, 1));
         let r = rt.block_on(fixed_rate(url, rate, secs));
-        println!("rate={rate:<6} {name:<8} {:>9.0} {:>8.3} {:>8.3} {:>8}", r.rps, r.p50_ms, r.p99_ms, r.errors);
+        println!(
+            "rate={rate:<6} {name:<8} {:>9.0} {:>8.3} {:>8.3} {:>8}",
+            r.rps, r.p50_ms, r.p99_ms, r.errors
+        );
         fixed.push((name.to_string(), r));
     }
     for (name, url) in &targets {
         let r = rt.block_on(closed_loop(url, conns, secs));
-        println!("conns={conns:<5} {name:<8} {:>9.0} {:>8.3} {:>8.3} {:>8}", r.rps, r.p50_ms, r.p99_ms, r.errors);
+        println!(
+            "conns={conns:<5} {name:<8} {:>9.0} {:>8.3} {:>8.3} {:>8}",
+            r.rps, r.p50_ms, r.p99_ms, r.errors
+        );
         closed.push((name.to_string(), r));
     }
-    let find = |v: &Vec<(String, Result)>, n: &str| v.iter().find(|(k, _)| k == n).map(|(_, r)| (r.rps, r.p50_ms, r.p99_ms));
+    let find = |v: &Vec<(String, Result)>, n: &str| {
+        v.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, r)| (r.rps, r.p50_ms, r.p99_ms))
+    };
     if let (Some(d), Some(l)) = (find(&fixed, "direct"), find(&fixed, "latch")) {
         println!(
             "at {rate} req/s Latch adds p50 {:+.3} ms, p99 {:+.3} ms over direct",
@@ -296,7 +337,10 @@ fn main() {
         );
     }
     if let (Some(d), Some(l)) = (find(&closed, "direct"), find(&closed, "latch")) {
-        println!("closed loop: Latch/direct throughput ratio {:.2}", l.0 / d.0);
+        println!(
+            "closed loop: Latch/direct throughput ratio {:.2}",
+            l.0 / d.0
+        );
     }
     if let (Some(n), Some(l)) = (find(&closed, "nginx"), find(&closed, "latch")) {
         println!("closed loop: Latch/nginx throughput ratio {:.2}", l.0 / n.0);

@@ -123,6 +123,16 @@ notes contains r if {
 	r := sprintf("first time %s calls %s with arguments of this shape", [input.agent.id, input.action.tool])
 }
 
+# A catalogued, reversible tool with no value or novelty rule: the common case,
+# decided by a few lookups without building any findings.
+plain if {
+	tool
+	not tool.value
+	not tool.irreversible
+	not tool.novelty
+	not settings.irreversible_methods[input.request.method]
+}
+
 # ---- the decision -----------------------------------------------------------------
 max_risk(findings) := settings.risk_names[max({settings.risk_rank[f.risk] | some f in findings})]
 
@@ -131,6 +141,14 @@ first_code(findings) := sort({f.code | some f in findings})[0]
 reasons_of(findings) := sort({f.reason | some f in findings})
 
 decision := {
+	"action": "allow",
+	"risk": "low",
+	"code": "allowed",
+	"reasons": sort(notes),
+	"value": null,
+} if {
+	plain
+} else := {
 	"action": "deny",
 	"risk": max_risk(deny_findings),
 	"code": first_code(deny_findings),

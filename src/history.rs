@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use serde_json::{json, Value};
@@ -131,6 +132,9 @@ fn shape_of(v: &Value, out: &mut String) {
     }
 }
 
+/// How long the writer gathers updates before one commit.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
 enum Msg {
     Row(HistoryRow),
     Flush(mpsc::Sender<anyhow::Result<()>>),
@@ -220,6 +224,9 @@ fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<Msg>) {
     while let Ok(first) = rx.recv() {
         let mut batch: HashMap<String, HistoryRow> = HashMap::new();
         let mut waiters = Vec::new();
+        // Gather for a short window so a busy proxy costs one synced commit
+        // per window, not one per request; a flush request ends the window.
+        let deadline = Instant::now() + BATCH_WINDOW;
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
@@ -228,7 +235,12 @@ fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<Msg>) {
                 }
                 Msg::Flush(w) => waiters.push(w),
             }
-            next = rx.try_recv().ok();
+            next = if waiters.is_empty() {
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .ok()
+            } else {
+                rx.try_recv().ok()
+            };
         }
         let rows: Vec<HistoryRow> = batch.into_values().collect();
         let result = if rows.is_empty() {
