@@ -70,11 +70,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Response<Body>
         }
         (&Method::GET, "/search") => {
             let q = crate::policy::input::parse_query(Some(&query));
-            let term = q
-                .get("q")
-                .and_then(|v| v.get(0))
-                .cloned()
-                .unwrap_or(Value::Null);
+            let term = q.get("q").and_then(|v| v.first()).cloned();
             json!({"query": term, "results": [
                 {"title": "Latch: an approval gate for agent tool calls", "url": "https://example.invalid/latch"},
                 {"title": "Writing Rego policies", "url": "https://example.invalid/rego"}

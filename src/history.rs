@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use serde_json::{json, Value};
+use regorus::Value;
 use sha2::{Digest, Sha256};
 
 use crate::store::{HistoryRow, Store};
@@ -33,23 +33,6 @@ pub struct Stats {
     pub rejected: u64,
     /// Latest policy action for the class.
     pub last_decision: Option<String>,
-}
-
-impl Stats {
-    /// `input.history`.
-    pub fn to_input(&self) -> Value {
-        let first_seen = self
-            .first_seen
-            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-        json!({
-            "seen": self.seen,
-            "first_seen": first_seen,
-            "approved": self.approved,
-            "rejected": self.rejected,
-            "last_decision": self.last_decision,
-        })
-    }
 }
 
 /// An action class, identified.
@@ -96,40 +79,49 @@ impl ActionClass {
 /// the sorted set of their element shapes.
 fn shape_of(v: &Value, out: &mut String) {
     match v {
-        Value::Null => out.push('n'),
+        Value::Null | Value::Undefined => out.push('n'),
         Value::Bool(_) => out.push('b'),
         Value::Number(_) => out.push('#'),
         Value::String(_) => out.push('s'),
-        Value::Array(items) => {
-            let mut shapes: Vec<String> = items
-                .iter()
-                .map(|i| {
-                    let mut s = String::new();
-                    shape_of(i, &mut s);
-                    s
-                })
-                .collect();
-            shapes.sort();
-            shapes.dedup();
-            out.push('[');
-            out.push_str(&shapes.join("|"));
-            out.push(']');
-        }
+        Value::Array(items) => set_shape('[', items.iter(), ']', out),
+        Value::Set(items) => set_shape('<', items.iter(), '>', out),
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
+            // Sorted iteration makes the shape independent of key order.
             out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
+            for (i, (k, val)) in map.iter_sorted().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                out.push_str(k);
+                match k.as_string() {
+                    Ok(name) => out.push_str(name),
+                    Err(_) => shape_of(k, out),
+                }
                 out.push(':');
-                shape_of(&map[k], out);
+                shape_of(val, out);
             }
             out.push('}');
         }
     }
+}
+
+fn set_shape<'a>(
+    open: char,
+    items: impl Iterator<Item = &'a Value>,
+    close: char,
+    out: &mut String,
+) {
+    let mut shapes: Vec<String> = items
+        .map(|i| {
+            let mut s = String::new();
+            shape_of(i, &mut s);
+            s
+        })
+        .collect();
+    shapes.sort();
+    shapes.dedup();
+    out.push(open);
+    out.push_str(&shapes.join("|"));
+    out.push(close);
 }
 
 /// How long the writer gathers updates before one commit.
@@ -264,6 +256,7 @@ fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<Msg>) {
 mod tests {
     use super::*;
     use crate::store::sqlite::SqliteStore;
+    use serde_json::json;
 
     #[test]
     fn shape_ignores_values_and_key_order() {
@@ -271,25 +264,25 @@ mod tests {
             "bot",
             "email",
             "POST",
-            &json!({"to": "x@y", "cc": ["a"], "n": 1}),
+            &Value::from(json!({"to": "x@y", "cc": ["a"], "n": 1})),
         );
         let b = ActionClass::new(
             "bot",
             "email",
             "POST",
-            &json!({"n": 99, "cc": ["b", "c"], "to": "z@w"}),
+            &Value::from(json!({"n": 99, "cc": ["b", "c"], "to": "z@w"})),
         );
         let c = ActionClass::new(
             "bot",
             "email",
             "POST",
-            &json!({"n": 99, "cc": ["b"], "to": "z@w", "bcc": "q"}),
+            &Value::from(json!({"n": 99, "cc": ["b"], "to": "z@w", "bcc": "q"})),
         );
         let d = ActionClass::new(
             "other",
             "email",
             "POST",
-            &json!({"to": "x@y", "cc": ["a"], "n": 1}),
+            &Value::from(json!({"to": "x@y", "cc": ["a"], "n": 1})),
         );
         assert_eq!(a.key, b.key);
         assert_ne!(a.key, c.key);
@@ -301,7 +294,12 @@ mod tests {
     fn seen_counts_only_carried_out_calls_and_persists() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.db");
-        let class = ActionClass::new("bot", "trade", "POST", &json!({"amount": 1}));
+        let class = ActionClass::new(
+            "bot",
+            "trade",
+            "POST",
+            &Value::from_json_str(r#"{"amount": 1}"#).unwrap(),
+        );
         {
             let h = History::open(Arc::new(SqliteStore::open(&path).unwrap())).unwrap();
             assert_eq!(h.get(&class).seen, 0);
@@ -318,6 +316,5 @@ mod tests {
             (2, Some(101), Some(102))
         );
         assert_eq!(s.last_decision.as_deref(), Some("allow"));
-        assert_eq!(s.to_input()["first_seen"], "1970-01-01T00:01:41Z");
     }
 }

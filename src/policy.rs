@@ -300,10 +300,7 @@ fn finish(raw: Result<Value, String>, start: Instant) -> Evaluation {
         Err(e) if e.contains("time limit") => Err(("evaluation timed out", e)),
         Err(e) => Err(("evaluation failed", e)),
         Ok(Value::Undefined) => Err(("no decision", "decision is undefined".to_string())),
-        Ok(v) => serde_json::to_value(&v)
-            .map_err(|e| e.to_string())
-            .and_then(Decision::parse)
-            .map_err(|e| ("malformed decision", e)),
+        Ok(v) => Decision::parse(&v).map_err(|e| ("malformed decision", e)),
     };
     match parsed {
         Ok(decision) => Evaluation {

@@ -153,26 +153,26 @@ async fn pipeline(
             None,
         )
     };
-    let parsed: Option<Value> = buffered
-        .as_ref()
-        .filter(|b| !b.is_empty())
-        .and_then(|b| serde_json::from_slice(b).ok());
+    let body_value = buffered
+        .as_deref()
+        .map(input::parse_body)
+        .unwrap_or(regorus::Value::Null);
     let sha = buffered
         .as_ref()
         .map(|b| crate::config::hex(&crate::config::sha256(b)));
 
     let query = input::parse_query(parts.uri.query());
-    let (tool, args) = input::action(&route.config.tool, parsed.as_ref(), &query);
-    let class = ActionClass::new(&agent.id, tool, parts.method.as_str(), &args);
+    let (tool, args) = input::action(&route.config.tool, &body_value, &query);
+    let class = ActionClass::new(&agent.id, &tool, parts.method.as_str(), &args);
     let stats = latch.history.get(&class);
     let now = chrono::Utc::now();
     let facts = RequestFacts {
         method: parts.method.as_str(),
         path: &decoded_path,
-        query: parts.uri.query(),
+        query: &query,
         headers: &parts.headers,
         allowed_headers: &latch.config.policy.input_headers,
-        body: parsed.as_ref(),
+        body: &body_value,
         body_sha256: sha.as_deref(),
         size: buffered.as_ref().map(|b| b.len() as u64).or(declared),
     };
@@ -181,19 +181,10 @@ async fn pipeline(
         upstream: &route.upstream_text,
         tool: &route.config.tool,
     };
-    let tool = tool.to_string();
-    let doc = input::build(
-        &facts,
-        &route_facts,
-        &agent,
-        (&tool, args),
-        query,
-        &stats,
-        now,
-    );
+    let doc = input::build(&facts, &route_facts, &agent, (&tool, args), &stats, now);
 
     let policy = latch.policy();
-    let eval = policy.evaluate(regorus::Value::from(doc));
+    let eval = policy.evaluate(doc);
     latch
         .metrics
         .policy_eval

@@ -1,6 +1,7 @@
 //! The typed decision a policy returns, and the strict parser that turns a
 //! Rego value into it. Whatever does not parse is a deny (`policy_error`).
 
+use regorus::Value;
 use serde::{Deserialize, Serialize};
 
 /// What to do with the call.
@@ -169,12 +170,67 @@ impl Decision {
     }
 
     /// Parse and check a decision object; `Err` names what is wrong.
-    pub fn parse(value: serde_json::Value) -> Result<Decision, String> {
-        if !value.is_object() {
-            return Err(format!("decision must be an object, got {}", kind(&value)));
+    /// Reads the regorus value directly (the hot path); only the rarer
+    /// `approval`, `value` and `consequences` go through serde.
+    pub fn parse(v: &Value) -> Result<Decision, String> {
+        let obj = v
+            .as_object()
+            .map_err(|_| format!("decision must be an object, got {}", kind(v)))?;
+        let mut action = None;
+        let mut d = Decision::policy_error("");
+        d.risk = Risk::Low;
+        d.reasons.clear();
+        d.code.clear();
+        for (key, value) in obj.iter() {
+            let Ok(key) = key.as_string() else { continue };
+            match key.as_ref() {
+                "action" => {
+                    action = Some(match text(value, "action")? {
+                        "allow" => Action::Allow,
+                        "deny" => Action::Deny,
+                        "gate" => Action::Gate,
+                        other => {
+                            return Err(format!("malformed decision: unknown action {other:?}"))
+                        }
+                    })
+                }
+                "risk" => {
+                    d.risk = match text(value, "risk")? {
+                        "low" => Risk::Low,
+                        "medium" => Risk::Medium,
+                        "high" => Risk::High,
+                        "critical" => Risk::Critical,
+                        other => return Err(format!("malformed decision: unknown risk {other:?}")),
+                    }
+                }
+                "reasons" => {
+                    let items = value.as_array().map_err(|_| {
+                        "malformed decision: reasons must be an array of strings".to_string()
+                    })?;
+                    for r in items.iter() {
+                        d.reasons.push(text(r, "reasons[]")?.to_string());
+                    }
+                }
+                "code" => d.code = text(value, "code")?.to_string(),
+                "approval" => {
+                    let json = serde_json::to_value(value).map_err(|e| e.to_string())?;
+                    d.approval = Some(
+                        serde_json::from_value(json)
+                            .map_err(|e| format!("malformed decision: approval: {e}"))?,
+                    );
+                }
+                "value" | "consequences" if *value != Value::Null => {
+                    let json = serde_json::to_value(value).map_err(|e| e.to_string())?;
+                    if key.as_ref() == "value" {
+                        d.value = Some(json);
+                    } else {
+                        d.consequences = Some(json);
+                    }
+                }
+                _ => {}
+            }
         }
-        let mut d: Decision =
-            serde_json::from_value(value).map_err(|e| format!("malformed decision: {e}"))?;
+        d.action = action.ok_or("malformed decision: missing action")?;
         if d.code.is_empty() {
             d.code = match d.action {
                 Action::Allow => "allowed",
@@ -190,6 +246,15 @@ impl Decision {
         }
         Ok(d)
     }
+}
+
+fn text<'a>(v: &'a Value, what: &str) -> Result<&'a str, String> {
+    v.as_string().map(|s| s.as_ref()).map_err(|_| {
+        format!(
+            "malformed decision: {what} must be a string, got {}",
+            kind(v)
+        )
+    })
 }
 
 fn check_requirements(require: &[Requirement], at: &str) -> Result<(), String> {
@@ -231,14 +296,16 @@ fn check_approval(a: &ApprovalSpec, risk: Risk) -> Result<(), String> {
     Ok(())
 }
 
-fn kind(v: &serde_json::Value) -> &'static str {
+fn kind(v: &Value) -> &'static str {
     match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
+        Value::Null => "null",
+        Value::Undefined => "undefined",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Set(_) => "a set",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -249,7 +316,7 @@ mod tests {
 
     #[test]
     fn minimal_allow() {
-        let d = Decision::parse(json!({"action": "allow"})).unwrap();
+        let d = Decision::parse(&Value::from(json!({"action": "allow"}))).unwrap();
         assert_eq!(d.action, Action::Allow);
         assert_eq!(d.risk, Risk::Low);
         assert_eq!(d.code, "allowed");
@@ -257,11 +324,11 @@ mod tests {
 
     #[test]
     fn gate_with_levels() {
-        let d = Decision::parse(json!({
+        let d = Decision::parse(&Value::from(json!({
             "action": "gate", "risk": "high", "reasons": ["big"], "code": "value",
             "approval": {"require": [{"role": "lead", "count": 1}], "on_timeout": "escalate",
                          "escalate": [{"require": [{"role": "director", "count": 1}], "timeout_s": 600}]}
-        }))
+        })))
         .unwrap();
         let a = d.approval.unwrap();
         assert_eq!(a.timeout_s, 300);
@@ -284,7 +351,10 @@ mod tests {
             json!({"action": "gate", "risk": "high", "approval": {"require": [{"role": "lead", "count": 1}], "on_timeout": "allow"}}),
             json!({"action": "gate", "approval": {"require": [{"role": "lead", "count": 1}], "on_timeout": "escalate"}}),
         ] {
-            assert!(Decision::parse(v.clone()).is_err(), "{v} should be refused");
+            assert!(
+                Decision::parse(&Value::from(v.clone())).is_err(),
+                "{v} should be refused"
+            );
         }
     }
 }

@@ -3,10 +3,16 @@
 //! Built from facts the proxy has already checked: the path is decoded and
 //! unambiguous, headers are allow-listed (never credentials), and the body is
 //! parsed JSON or `null` when it is streamed or not JSON.
+//!
+//! The document is built directly as regorus values: going through
+//! `serde_json::Value` and converting cost more than evaluating the policy.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use http::{HeaderMap, HeaderName};
-use serde_json::{json, Map, Value};
+use regorus::Value;
 
 use crate::history::Stats;
 
@@ -17,14 +23,14 @@ pub struct RequestFacts<'a> {
     pub method: &'a str,
     /// Decoded path.
     pub path: &'a str,
-    /// Raw query string, if any.
-    pub query: Option<&'a str>,
+    /// Parsed query.
+    pub query: &'a Query,
     /// All request headers (filtered here).
     pub headers: &'a HeaderMap,
     /// Headers the policy may see.
     pub allowed_headers: &'a [HeaderName],
-    /// Parsed JSON body (`None` when absent, streamed or not JSON).
-    pub body: Option<&'a Value>,
+    /// Parsed JSON body (`Value::Null` when absent, streamed or not JSON).
+    pub body: &'a Value,
     /// Hex SHA-256 of the body bytes, when buffered.
     pub body_sha256: Option<&'a str>,
     /// Body size in bytes, when known.
@@ -42,57 +48,78 @@ pub struct RouteFacts<'a> {
     pub tool: &'a str,
 }
 
-/// `(tool, args)` of the action: MCP `tools/call` names its own tool and
-/// arguments; otherwise the route's tool with the JSON body (or, without a
-/// body, the query parameters).
-pub fn action<'a>(
-    route_tool: &'a str,
-    body: Option<&'a Value>,
-    query: &Map<String, Value>,
-) -> (&'a str, Value) {
-    if let Some(b) = body {
-        if b.get("jsonrpc").is_some()
-            && b.get("method").and_then(Value::as_str) == Some("tools/call")
-        {
-            let params = b.get("params");
-            if let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str) {
-                let args = params
-                    .and_then(|p| p.get("arguments"))
-                    .cloned()
-                    .unwrap_or(Value::Object(Map::new()));
-                return (name, args);
-            }
-        }
-        return (route_tool, b.clone());
-    }
-    let args = query
-        .iter()
-        .map(|(k, v)| match v.as_array().map(Vec::as_slice) {
-            Some([one]) => (k.clone(), one.clone()),
-            _ => (k.clone(), v.clone()),
-        })
+/// Query parameters: each key with its values in order.
+pub type Query = BTreeMap<String, Vec<String>>;
+
+/// An object from `(key, value)` pairs.
+pub fn object<'k>(pairs: impl IntoIterator<Item = (&'k str, Value)>) -> Value {
+    let map: BTreeMap<Value, Value> = pairs
+        .into_iter()
+        .map(|(k, v)| (Value::from(k), v))
         .collect();
-    (route_tool, Value::Object(args))
+    Value::from(map)
 }
 
-/// Parse a query string into `{key: [values]}` (OPA's `parsed_query` shape);
-/// `+` is a space, bad escapes are kept literally.
-pub fn parse_query(query: Option<&str>) -> Map<String, Value> {
-    let mut out = Map::new();
+fn opt_str(s: Option<&str>) -> Value {
+    s.map(Value::from).unwrap_or(Value::Null)
+}
+
+/// Parse a JSON body into a regorus value; `Null` when it is not JSON.
+pub fn parse_body(bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null)
+}
+
+/// `(tool, args)` of the action: MCP `tools/call` names its own tool and
+/// arguments; otherwise the route's tool with the JSON body (or, without a
+/// body, the query parameters, single values as strings).
+pub fn action(route_tool: &str, body: &Value, query: &Query) -> (String, Value) {
+    if *body != Value::Null {
+        if body["jsonrpc"] != Value::Undefined && body["method"] == Value::from("tools/call") {
+            let params = &body["params"];
+            if let Ok(name) = params["name"].as_string() {
+                let args = match &params["arguments"] {
+                    Value::Undefined => Value::new_object(),
+                    a => a.clone(),
+                };
+                return (name.to_string(), args);
+            }
+        }
+        return (route_tool.to_string(), body.clone());
+    }
+    let args = query.iter().map(|(k, values)| {
+        let v = match values.as_slice() {
+            [one] => Value::from(one.as_str()),
+            many => Value::from(
+                many.iter()
+                    .map(|s| Value::from(s.as_str()))
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        (k.as_str(), v)
+    });
+    (route_tool.to_string(), object(args))
+}
+
+/// Parse a query string (`+` is a space, bad escapes are kept literally).
+pub fn parse_query(query: Option<&str>) -> Query {
+    let mut out = Query::new();
     let Some(q) = query else { return out };
     for pair in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let entry = out
-            .entry(decode_component(k))
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Value::Array(values) = entry {
-            values.push(Value::String(decode_component(v)));
-        }
+        out.entry(decode_component(k))
+            .or_default()
+            .push(decode_component(v));
     }
     out
 }
 
 fn decode_component(s: &str) -> String {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return s.to_string();
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -126,14 +153,33 @@ fn decode_component(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+thread_local! {
+    /// `input.now` changes once a second; build it once per second per thread.
+    static NOW: RefCell<(i64, Value)> = const { RefCell::new((i64::MIN, Value::Null)) };
+}
+
 /// `input.now`.
 pub fn now_facts(now: DateTime<Utc>) -> Value {
-    json!({
-        "rfc3339": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "unix": now.timestamp(),
-        "weekday": weekday_name(now.weekday()),
-        "hour": now.hour(),
+    let second = now.timestamp();
+    NOW.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != second {
+            *cached = (second, build_now(now));
+        }
+        cached.1.clone()
     })
+}
+
+fn build_now(now: DateTime<Utc>) -> Value {
+    object([
+        (
+            "rfc3339",
+            Value::from(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        ),
+        ("unix", Value::from(now.timestamp())),
+        ("weekday", Value::from(weekday_name(now.weekday()))),
+        ("hour", Value::from(u64::from(now.hour()))),
+    ])
 }
 
 fn weekday_name(d: chrono::Weekday) -> &'static str {
@@ -148,17 +194,32 @@ fn weekday_name(d: chrono::Weekday) -> &'static str {
     }
 }
 
+/// `input.history`.
+pub fn history_facts(s: &Stats) -> Value {
+    let first_seen = s
+        .first_seen
+        .and_then(|t| DateTime::from_timestamp(t, 0))
+        .map(|t| Value::from(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+        .unwrap_or(Value::Null);
+    object([
+        ("seen", Value::from(s.seen)),
+        ("first_seen", first_seen),
+        ("approved", Value::from(s.approved)),
+        ("rejected", Value::from(s.rejected)),
+        ("last_decision", opt_str(s.last_decision.as_deref())),
+    ])
+}
+
 /// The whole input document.
 pub fn build(
     req: &RequestFacts<'_>,
     route: &RouteFacts<'_>,
     agent: &crate::identity::Principal,
     (tool, args): (&str, Value),
-    query: Map<String, Value>,
     history: &Stats,
     now: DateTime<Utc>,
 ) -> Value {
-    let mut headers = Map::new();
+    let mut headers = BTreeMap::new();
     for name in req.allowed_headers {
         let mut values = req
             .headers
@@ -171,61 +232,112 @@ pub fn build(
                 joined.push_str(", ");
                 joined.push_str(v);
             }
-            headers.insert(name.as_str().to_string(), Value::String(joined));
+            headers.insert(Value::from(name.as_str()), Value::from(joined));
         }
     }
+    let query = object(req.query.iter().map(|(k, vs)| {
+        (
+            k.as_str(),
+            Value::from(
+                vs.iter()
+                    .map(|v| Value::from(v.as_str()))
+                    .collect::<Vec<_>>(),
+            ),
+        )
+    }));
     let content_type = req
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    json!({
-        "request": {
-            "method": req.method,
-            "path": req.path,
-            "query": query,
-            "headers": headers,
-            "body": req.body,
-            "body_sha256": req.body_sha256,
-            "content_type": content_type,
-            "size": req.size,
-        },
-        "route": {"name": route.name, "upstream": route.upstream, "tool": route.tool},
-        "agent": {"id": agent.id, "roles": agent.roles},
-        "action": {"tool": tool, "args": args},
-        "history": history.to_input(),
-        "now": now_facts(now),
-    })
+    let request = object([
+        ("method", Value::from(req.method)),
+        ("path", Value::from(req.path)),
+        ("query", query),
+        ("headers", Value::from(headers)),
+        ("body", req.body.clone()),
+        ("body_sha256", opt_str(req.body_sha256)),
+        ("content_type", opt_str(content_type)),
+        ("size", req.size.map(Value::from).unwrap_or(Value::Null)),
+    ]);
+    let roles: Vec<Value> = agent
+        .roles
+        .iter()
+        .map(|r| Value::from(r.as_str()))
+        .collect();
+    object([
+        ("request", request),
+        (
+            "route",
+            object([
+                ("name", Value::from(route.name)),
+                ("upstream", Value::from(route.upstream)),
+                ("tool", Value::from(route.tool)),
+            ]),
+        ),
+        (
+            "agent",
+            object([
+                ("id", Value::from(agent.id.as_str())),
+                ("roles", Value::from(roles)),
+            ]),
+        ),
+        (
+            "action",
+            object([("tool", Value::from(tool)), ("args", args)]),
+        ),
+        ("history", history_facts(history)),
+        ("now", now_facts(now)),
+    ])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn js(v: &Value) -> serde_json::Value {
+        serde_json::to_value(v).unwrap()
+    }
 
     #[test]
     fn query_parsing() {
         let q = parse_query(Some("q=rust+lang&tag=a&tag=b%20c&flag&bad=%zz"));
-        assert_eq!(q["q"], json!(["rust lang"]));
-        assert_eq!(q["tag"], json!(["a", "b c"]));
-        assert_eq!(q["flag"], json!([""]));
-        assert_eq!(q["bad"], json!(["%zz"]));
+        assert_eq!(q["q"], vec!["rust lang"]);
+        assert_eq!(q["tag"], vec!["a", "b c"]);
+        assert_eq!(q["flag"], vec![""]);
+        assert_eq!(q["bad"], vec!["%zz"]);
         assert!(parse_query(None).is_empty());
     }
 
     #[test]
     fn action_from_body_query_and_mcp() {
         let q = parse_query(Some("q=x&t=1&t=2"));
-        let (tool, args) = action("search", None, &q);
+        let (tool, args) = action("search", &Value::Null, &q);
         assert_eq!(tool, "search");
-        assert_eq!(args, json!({"q": "x", "t": ["1", "2"]}));
+        assert_eq!(js(&args), json!({"q": "x", "t": ["1", "2"]}));
 
-        let body = json!({"to": "a@b"});
-        assert_eq!(action("email", Some(&body), &q), ("email", body.clone()));
+        let body = parse_body(br#"{"to": "a@b"}"#);
+        let (tool, args) = action("email", &body, &q);
+        assert_eq!((tool.as_str(), js(&args)), ("email", json!({"to": "a@b"})));
 
-        let mcp = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                         "params": {"name": "delete_repo", "arguments": {"repo": "x"}}});
+        let mcp = parse_body(
+            br#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                 "params": {"name": "delete_repo", "arguments": {"repo": "x"}}}"#,
+        );
+        let (tool, args) = action("mcp", &mcp, &q);
         assert_eq!(
-            action("mcp", Some(&mcp), &q),
+            (tool.as_str(), js(&args)),
             ("delete_repo", json!({"repo": "x"}))
+        );
+    }
+
+    #[test]
+    fn bodies_that_are_not_json_are_null() {
+        assert_eq!(parse_body(b""), Value::Null);
+        assert_eq!(parse_body(b"plain text"), Value::Null);
+        assert_eq!(
+            js(&parse_body(b"[1, 2.5, \"x\", null]")),
+            json!([1, 2.5, "x", null])
         );
     }
 
@@ -235,8 +347,30 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(
-            now_facts(t),
+            js(&now_facts(t)),
             json!({"rfc3339": "2026-11-23T14:05:00Z", "unix": t.timestamp(), "weekday": "Monday", "hour": 14})
+        );
+        let later = t + chrono::Duration::seconds(3600);
+        assert_eq!(js(&now_facts(later))["hour"], 15);
+    }
+
+    #[test]
+    fn history_shape() {
+        let s = Stats {
+            seen: 2,
+            first_seen: Some(101),
+            last_seen: Some(102),
+            approved: 1,
+            rejected: 0,
+            last_decision: Some("allow".into()),
+        };
+        assert_eq!(
+            js(&history_facts(&s)),
+            json!({"seen": 2, "first_seen": "1970-01-01T00:01:41Z", "approved": 1, "rejected": 0, "last_decision": "allow"})
+        );
+        assert_eq!(
+            js(&history_facts(&Stats::default()))["first_seen"],
+            json!(null)
         );
     }
 }
