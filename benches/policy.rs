@@ -24,7 +24,10 @@ fn input(tool: &str, args: serde_json::Value, seen: u64) -> serde_json::Value {
 }
 
 fn bench(c: &mut Criterion) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    // LATCH_BENCH_POLICIES points the benchmark at another policy directory.
+    let dir = std::env::var_os("LATCH_BENCH_POLICIES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"));
     let sources = Sources::read_dir(&dir, false).expect("shipped policies");
     let set = PolicySet::compile(&sources, "data.latch.decision", Duration::from_millis(50))
         .expect("compile");
@@ -51,6 +54,17 @@ fn bench(c: &mut Criterion) {
             b.iter(|| set.evaluate_interpreted(value.clone()))
         });
     }
+    // Baseline: the smallest possible policy, to separate VM overhead from policy cost.
+    let trivial = Sources {
+        modules: vec![(
+            "trivial.rego".into(),
+            "package latch\ndecision := {\"action\": \"allow\"}\n".to_string(),
+        )],
+        ..Default::default()
+    };
+    let trivial = PolicySet::compile(&trivial, "data.latch.decision", Duration::from_millis(50)).expect("compile");
+    let value = regorus::Value::from(cases[0].1.clone());
+    g.bench_function("vm/trivial_policy", |b| b.iter(|| trivial.evaluate(value.clone())));
     let (_, doc) = &cases[0];
     g.bench_function("input/json_to_regorus_value", |b| {
         b.iter(|| regorus::Value::from(doc.clone()))
