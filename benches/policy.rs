@@ -62,9 +62,12 @@ fn bench(c: &mut Criterion) {
         )],
         ..Default::default()
     };
-    let trivial = PolicySet::compile(&trivial, "data.latch.decision", Duration::from_millis(50)).expect("compile");
+    let trivial = PolicySet::compile(&trivial, "data.latch.decision", Duration::from_millis(50))
+        .expect("compile");
     let value = regorus::Value::from(cases[0].1.clone());
-    g.bench_function("vm/trivial_policy", |b| b.iter(|| trivial.evaluate(value.clone())));
+    g.bench_function("vm/trivial_policy", |b| {
+        b.iter(|| trivial.evaluate(value.clone()))
+    });
     let (_, doc) = &cases[0];
     g.bench_function("input/json_to_regorus_value", |b| {
         b.iter(|| regorus::Value::from(doc.clone()))

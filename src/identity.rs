@@ -17,6 +17,8 @@ pub struct Principal {
     pub roles: Vec<String>,
     /// Humans who may never approve this principal's calls.
     pub owners: Vec<String>,
+    /// `input.agent` for this principal, built once.
+    pub input: regorus::Value,
 }
 
 impl Principal {
@@ -60,6 +62,7 @@ impl Directory {
                 id: c.id.clone(),
                 roles: c.roles.clone(),
                 owners: c.owners.clone(),
+                input: crate::policy::input::agent_facts(&c.id, &c.roles),
             }));
             if let Some(h) = c.token_sha256 {
                 d.tokens.push((h, i));

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use crate::app::Latch;
 use crate::history::ActionClass;
 use crate::identity::Principal;
-use crate::policy::input::{self, RequestFacts, RouteFacts};
+use crate::policy::input::{self, RequestFacts};
 use crate::policy::{Action, Decision};
 use crate::server::{full, json as json_response, Body, ConnInfo};
 use error::ProxyError;
@@ -157,9 +157,7 @@ async fn pipeline(
         .as_deref()
         .map(input::parse_body)
         .unwrap_or(regorus::Value::Null);
-    let sha = buffered
-        .as_ref()
-        .map(|b| crate::config::hex(&crate::config::sha256(b)));
+    let sha = buffered.as_deref().map(body_digest);
 
     let query = input::parse_query(parts.uri.query());
     let (tool, args) = input::action(&route.config.tool, &body_value, &query);
@@ -176,12 +174,14 @@ async fn pipeline(
         body_sha256: sha.as_deref(),
         size: buffered.as_ref().map(|b| b.len() as u64).or(declared),
     };
-    let route_facts = RouteFacts {
-        name: &route.config.name,
-        upstream: &route.upstream_text,
-        tool: &route.config.tool,
-    };
-    let doc = input::build(&facts, &route_facts, &agent, (&tool, args), &stats, now);
+    let doc = input::build(
+        &facts,
+        &route.input,
+        &agent.input,
+        (&tool, args),
+        &stats,
+        now,
+    );
 
     let policy = latch.policy();
     let eval = policy.evaluate(doc);
@@ -221,6 +221,16 @@ async fn pipeline(
             };
             forward(latch, route, parts, &suffix, body, conn).await
         }
+    }
+}
+
+/// Hex SHA-256 of a body; the empty body (every GET) is a constant.
+fn body_digest(body: &[u8]) -> String {
+    const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    if body.is_empty() {
+        EMPTY.to_string()
+    } else {
+        crate::config::hex(&crate::config::sha256(body))
     }
 }
 
@@ -348,4 +358,19 @@ async fn forward(
         parts,
         body.map_err(Into::into).boxed(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_body_digest_is_the_sha256_of_nothing() {
+        let empty = crate::config::hex(&crate::config::sha256(b""));
+        assert_eq!(body_digest(b""), empty);
+        assert_eq!(
+            body_digest(b"x"),
+            crate::config::hex(&crate::config::sha256(b"x"))
+        );
+    }
 }

@@ -37,15 +37,19 @@ pub struct RequestFacts<'a> {
     pub size: Option<u64>,
 }
 
-/// The route the request matched.
-#[derive(Debug)]
-pub struct RouteFacts<'a> {
-    /// Route name.
-    pub name: &'a str,
-    /// Upstream base URL.
-    pub upstream: &'a str,
-    /// Tool name.
-    pub tool: &'a str,
+/// `input.route`, built once per route at start-up.
+pub fn route_facts(name: &str, upstream: &str, tool: &str) -> Value {
+    object([
+        ("name", Value::from(name)),
+        ("upstream", Value::from(upstream)),
+        ("tool", Value::from(tool)),
+    ])
+}
+
+/// `input.agent`, built once per principal at start-up.
+pub fn agent_facts(id: &str, roles: &[String]) -> Value {
+    let roles: Vec<Value> = roles.iter().map(|r| Value::from(r.as_str())).collect();
+    object([("id", Value::from(id)), ("roles", Value::from(roles))])
 }
 
 /// Query parameters: each key with its values in order.
@@ -213,8 +217,8 @@ pub fn history_facts(s: &Stats) -> Value {
 /// The whole input document.
 pub fn build(
     req: &RequestFacts<'_>,
-    route: &RouteFacts<'_>,
-    agent: &crate::identity::Principal,
+    route: &Value,
+    agent: &Value,
     (tool, args): (&str, Value),
     history: &Stats,
     now: DateTime<Utc>,
@@ -259,28 +263,10 @@ pub fn build(
         ("content_type", opt_str(content_type)),
         ("size", req.size.map(Value::from).unwrap_or(Value::Null)),
     ]);
-    let roles: Vec<Value> = agent
-        .roles
-        .iter()
-        .map(|r| Value::from(r.as_str()))
-        .collect();
     object([
         ("request", request),
-        (
-            "route",
-            object([
-                ("name", Value::from(route.name)),
-                ("upstream", Value::from(route.upstream)),
-                ("tool", Value::from(route.tool)),
-            ]),
-        ),
-        (
-            "agent",
-            object([
-                ("id", Value::from(agent.id.as_str())),
-                ("roles", Value::from(roles)),
-            ]),
-        ),
+        ("route", route.clone()),
+        ("agent", agent.clone()),
         (
             "action",
             object([("tool", Value::from(tool)), ("args", args)]),

@@ -25,6 +25,8 @@ pub struct Route {
     base_path: String,
     /// Client for this route (its own CA bundle, connect timeout).
     pub client: UpstreamClient,
+    /// `input.route`, built once.
+    pub input: regorus::Value,
 }
 
 impl Route {
@@ -50,7 +52,9 @@ impl Route {
             .trim_end_matches('/')
             .to_string();
         let base_path = config.upstream.path().trim_end_matches('/').to_string();
+        let input = crate::policy::input::route_facts(&config.name, &upstream_text, &config.tool);
         Ok(Route {
+            input,
             config,
             upstream_text,
             base_path,
