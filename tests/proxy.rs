@@ -371,3 +371,50 @@ async fn metrics_and_health() {
     assert_eq!(ready.json()["store"], "ok");
     assert_eq!(call("GET", latch.admin(), "/nope", "").await.status, 404);
 }
+
+#[tokio::test]
+async fn chunked_bodies_under_the_limit_arrive_intact() {
+    let up = Upstream::start().await;
+    let latch = TestLatch::start(&up.url()).await;
+    let body = r#"{"item":"chunked"}"#;
+    let req = format!(
+        "POST /tools/echo/c HTTP/1.1\r\nHost: latch\r\nAuthorization: Bearer {AGENT_TOKEN}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    assert_eq!(raw_status(latch.proxy(), &req).await, 200);
+    let seen = up.requests();
+    assert_eq!(seen[0].body.as_ref(), body.as_bytes());
+}
+
+#[tokio::test]
+async fn connect_is_refused_with_405() {
+    let up = Upstream::start().await;
+    let latch = TestLatch::start(&up.url()).await;
+    let req = format!(
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nAuthorization: Bearer {AGENT_TOKEN}\r\n\r\n"
+    );
+    assert_eq!(raw_status(latch.proxy(), &req).await, 405);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_head_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let latch = TestLatch::start(&up.url()).await;
+    let mut s = tokio::net::TcpStream::connect(latch.proxy()).await.unwrap();
+    s.write_all(b"GET /tools/echo/x HTTP/1.1\r\nHost: latch\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // header_read_timeout_ms is 2000 in the test config: the server must
+    // answer 408 or close well before this generous bound.
+    let mut buf = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(8), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection was still open after 8 s");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert!(up.requests().is_empty());
+}

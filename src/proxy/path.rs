@@ -158,4 +158,62 @@ mod tests {
         assert_eq!(raw_suffix("/t%6Fols/x/y", "/tools"), "/x/y");
         assert_eq!(raw_suffix("/x", ""), "/x");
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn raw_path() -> impl Strategy<Value = String> {
+            let seg = prop::collection::vec(
+                prop_oneof![
+                    Just("a".to_string()),
+                    Just("tools".to_string()),
+                    Just(".".to_string()),
+                    Just("..".to_string()),
+                    Just("%2e".to_string()),
+                    Just("%2F".to_string()),
+                    Just("%20".to_string()),
+                    Just("%41".to_string()),
+                    Just("%".to_string()),
+                    Just("\\".to_string()),
+                    Just(";x".to_string()),
+                    Just("".to_string()),
+                ],
+                0..4,
+            )
+            .prop_map(|parts| parts.concat());
+            prop::collection::vec(seg, 1..5).prop_map(|segs| format!("/{}", segs.join("/")))
+        }
+
+        proptest! {
+            /// Whatever is accepted has one meaning: no dot or empty segments,
+            /// no separators hidden in escapes, nothing servers disagree on.
+            #[test]
+            fn accepted_paths_are_unambiguous(raw in raw_path()) {
+                if let Ok(decoded) = normalize(&raw) {
+                    let body = decoded.strip_suffix('/').unwrap_or(&decoded);
+                    if !body.is_empty() {
+                        for seg in body[1..].split('/') {
+                            prop_assert!(!seg.is_empty() && seg != "." && seg != "..", "{raw} -> {decoded}");
+                        }
+                    }
+                    prop_assert!(!decoded.contains('\\') && !decoded.contains(';') && !decoded.contains('%'));
+                    // The raw path has exactly as many segments as the decoded one,
+                    // so the suffix Latch forwards is the suffix the policy saw.
+                    prop_assert_eq!(raw.matches('/').count(), decoded.matches('/').count());
+                    if let Some(first) = decoded[1..].split('/').next().filter(|s| !s.is_empty()) {
+                        let prefix = format!("/{first}");
+                        let suffix = raw_suffix(&raw, &prefix);
+                        prop_assert_eq!(normalize(&format!("{prefix}{suffix}")).ok(), Some(decoded.clone()));
+                    }
+                }
+            }
+
+            /// Never panics on arbitrary input.
+            #[test]
+            fn normalize_never_panics(raw in "\\PC{0,40}") {
+                let _ = normalize(&raw);
+            }
+        }
+    }
 }
