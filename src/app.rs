@@ -139,12 +139,6 @@ impl Running {
         let history = self.latch.clone();
         let _ = tokio::task::spawn_blocking(move || history.history.flush()).await;
     }
-
-    /// Resolves when `stop` is requested from elsewhere (never, here) — used
-    /// by `serve` together with signals.
-    pub fn stopper(&self) -> watch::Sender<bool> {
-        self.stop.clone()
-    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
