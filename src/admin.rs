@@ -1,5 +1,7 @@
-//! The admin listener: health, readiness and Prometheus metrics for SREs.
-//! (The approvals API and the reviewers' dashboard build on this router.)
+//! The admin listener: the approvals and audit API for humans (`/api/v1`),
+//! health, readiness and Prometheus metrics for SREs.
+
+mod api;
 
 use std::sync::Arc;
 
@@ -13,6 +15,9 @@ use crate::server::{full, json, Body, ConnInfo};
 /// Handle one admin request.
 pub async fn handle(latch: Latch, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
     let path = req.uri().path();
+    if path.starts_with("/api/v1/") {
+        return api::handle(&latch, req).await;
+    }
     let resp = match (req.method(), path) {
         (&Method::GET, "/metrics") => metrics(&latch),
         (&Method::GET, "/healthz") => json(StatusCode::OK, &json!({"status": "ok"})),
@@ -32,7 +37,7 @@ pub async fn handle(latch: Latch, req: Request<Incoming>, _conn: Arc<ConnInfo>) 
     resp
 }
 
-fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
     let mut r = json(status, &json!({"error": code, "message": message}));
     r.headers_mut()
         .insert("latch-error", HeaderValue::from_static(code));

@@ -35,6 +35,10 @@ pub struct Inner {
     pub metrics: Metrics,
     /// Durable store.
     pub store: Arc<dyn Store>,
+    /// Writer for allow/deny decision records.
+    pub audit: crate::audit::AuditLog,
+    /// Wake-ups for held calls.
+    pub waiters: crate::gate::Waiters,
 }
 
 /// Cheap-to-clone handle to the running gate.
@@ -48,13 +52,18 @@ impl std::ops::Deref for Latch {
     }
 }
 
+/// Open the configured store.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &config.store {
+        StoreConfig::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+        StoreConfig::SqliteMemory => Arc::new(SqliteStore::memory()?),
+    })
+}
+
 impl Latch {
     /// Open the store, load history, compile the policies and build routes.
     pub fn new(config: Config) -> anyhow::Result<Latch> {
-        let store: Arc<dyn Store> = match &config.store {
-            StoreConfig::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
-            StoreConfig::SqliteMemory => Arc::new(SqliteStore::memory()?),
-        };
+        let store = open_store(&config)?;
         let policy = PolicySet::load(
             &config.policy.dir,
             &config.policy.entrypoint,
@@ -77,6 +86,8 @@ impl Latch {
             .map(|r| Route::new(r.clone(), &roots).with_context(|| format!("route {}", r.name)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let history = History::open(store.clone()).context("loading action history")?;
+        let audit = crate::audit::AuditLog::start(store.clone(), metrics.audit_write.clone())
+            .context("starting the audit writer")?;
         Ok(Latch(Arc::new(Inner {
             directory: Arc::new(Directory::new(&config.principals)),
             routes,
@@ -84,6 +95,8 @@ impl Latch {
             history,
             metrics,
             store,
+            audit,
+            waiters: crate::gate::Waiters::default(),
             config,
         })))
     }
@@ -166,6 +179,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .map_err(|e| anyhow!("start-up task failed: {e}"))??;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    crate::gate::recover(&latch)
+        .await
+        .context("recovering approvals")?;
+    tasks.push(tokio::spawn(crate::gate::scheduler(
+        latch.clone(),
+        std::time::Duration::from_millis(200),
+        stop_rx.clone(),
+    )));
 
     let demo_addr = match latch.config.demo {
         Some(addr) => {

@@ -27,9 +27,11 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod gate;
 pub mod history;
 pub mod identity;
 pub mod policy;

@@ -11,12 +11,16 @@ const USAGE: &str = "usage:
   latch policy test [DIR]               run case tables and test_* rules
   latch policy eval --input FILE [--config FILE]
                                         print the decision for one input
+  latch audit verify [--config FILE]    recompute the audit hash chain
+  latch audit export [--since RFC3339] [--config FILE]
+                                        print audit records as JSON lines
 The config defaults to ./latch.toml.";
 
 struct Args {
     words: Vec<String>,
     config: Option<PathBuf>,
     input: Option<PathBuf>,
+    since: Option<String>,
 }
 
 fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -24,6 +28,7 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
         words: Vec::new(),
         config: None,
         input: None,
+        since: None,
     };
     while let Some(a) = raw.next() {
         match a.as_str() {
@@ -31,6 +36,7 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
                 args.config = Some(raw.next().ok_or("--config needs a file")?.into())
             }
             "--input" | "-i" => args.input = Some(raw.next().ok_or("--input needs a file")?.into()),
+            "--since" => args.since = Some(raw.next().ok_or("--since needs a time")?),
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with("--config=") => args.config = Some(s["--config=".len()..].into()),
             s if s.starts_with("--input=") => args.input = Some(s["--input=".len()..].into()),
@@ -67,6 +73,14 @@ fn main() -> ExitCode {
                 Err(code) => code,
                 Ok(config) => report(cli::policy_eval(&config, &input)),
             },
+        },
+        ["audit", "verify"] => match cli::load_config(&cli::config_path(args.config)) {
+            Err(code) => code,
+            Ok(config) => cli::audit_verify(&config),
+        },
+        ["audit", "export"] => match cli::load_config(&cli::config_path(args.config)) {
+            Err(code) => code,
+            Ok(config) => report(cli::audit_export(&config, args.since.as_deref())),
         },
         _ => {
             eprintln!("{USAGE}");

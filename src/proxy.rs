@@ -127,7 +127,9 @@ async fn pipeline(
 
     // `/latch/…` belongs to Latch itself; no route may shadow it.
     if path::under(&decoded_path, "/latch") {
-        return Err(ProxyError::NoRoute);
+        ctx.route = Some("latch".into());
+        ctx.outcome = "api";
+        return crate::gate::hold::agent_api(latch, req.method(), &decoded_path, &agent).await;
     }
     let route = upstream::find(&latch.routes, &decoded_path).ok_or(ProxyError::NoRoute)?;
     ctx.route = Some(route.config.name.clone());
@@ -210,9 +212,83 @@ async fn pipeline(
         .record(&class, decision.action.as_str(), now.timestamp());
 
     match decision.action {
-        Action::Deny => Ok(deny(&ctx.id, &decision)),
-        Action::Gate => Ok(gated(&ctx.id, &decision)),
+        Action::Deny => {
+            record(
+                latch,
+                &ctx.id,
+                &agent,
+                route,
+                &parts,
+                &decoded_path,
+                &decision,
+                sha.as_deref(),
+                policy.hash(),
+            )
+            .await?;
+            Ok(deny(&ctx.id, &decision))
+        }
+        Action::Gate => {
+            let Some(body) = buffered else {
+                // Approval binds to exact bytes; a streamed body has none to bind.
+                let refused = Decision {
+                    action: Action::Deny,
+                    code: "gate_requires_buffered_body".into(),
+                    reasons: vec![
+                        "this call needs approval, but its route streams bodies, so there are no exact bytes to approve"
+                            .into(),
+                    ],
+                    ..decision
+                };
+                record(
+                    latch,
+                    &ctx.id,
+                    &agent,
+                    route,
+                    &parts,
+                    &decoded_path,
+                    &refused,
+                    None,
+                    policy.hash(),
+                )
+                .await?;
+                ctx.outcome = "deny";
+                return Ok(deny(&ctx.id, &refused));
+            };
+            let mut target = path::raw_suffix(parts.uri.path(), &route.config.prefix);
+            if let Some(q) = parts.uri.query() {
+                target.push('?');
+                target.push_str(q);
+            }
+            let proposal = crate::gate::hold::Proposal {
+                id: &ctx.id,
+                agent: &agent,
+                route: &route.config.name,
+                tool: &tool,
+                parts: &parts,
+                path: &decoded_path,
+                target,
+                body_sha256: sha.unwrap_or_else(|| body_digest(&body)),
+                body,
+                decision,
+                policy: policy.hash(),
+                conn,
+            };
+            crate::gate::hold::gate(latch, proposal).await
+        }
         Action::Allow => {
+            // Recorded before it is sent: nothing executes unaudited.
+            record(
+                latch,
+                &ctx.id,
+                &agent,
+                route,
+                &parts,
+                &decoded_path,
+                &decision,
+                sha.as_deref(),
+                policy.hash(),
+            )
+            .await?;
             let suffix = path::raw_suffix(parts.uri.path(), &route.config.prefix);
             let body = match (buffered, streamed) {
                 (Some(b), _) => full(b),
@@ -222,6 +298,36 @@ async fn pipeline(
             forward(latch, route, parts, &suffix, body, conn).await
         }
     }
+}
+
+/// Append the allow/deny decision to the audit log and wait for the commit.
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    latch: &Latch,
+    id: &str,
+    agent: &Principal,
+    route: &Route,
+    parts: &http::request::Parts,
+    path: &str,
+    d: &Decision,
+    body_sha256: Option<&str>,
+    policy: &str,
+) -> Result<(), ProxyError> {
+    let event = crate::audit::Event::new(
+        &agent.id,
+        "decision",
+        id,
+        json!({
+            "action": d.action, "code": d.code, "risk": d.risk, "reasons": d.reasons,
+            "route": route.config.name, "method": parts.method.as_str(), "path": path,
+            "body_sha256": body_sha256, "policy": policy,
+        }),
+    );
+    latch
+        .audit
+        .record(event)
+        .await
+        .map_err(|_| ProxyError::AuditUnavailable)
 }
 
 /// Hex SHA-256 of a body; the empty body (every GET) is a constant.
@@ -276,31 +382,6 @@ fn deny(id: &str, d: &Decision) -> Response<Body> {
         StatusCode::FORBIDDEN,
         "deny",
         json!({"error": "denied", "decision_id": id, "code": d.code, "risk": d.risk, "reasons": d.reasons}),
-    )
-}
-
-/// Until the hold-and-approve flow exists, a gated call is refused with
-/// the approvals it would need, so the agent can tell its user.
-fn gated(id: &str, d: &Decision) -> Response<Body> {
-    let needs = d
-        .approval
-        .as_ref()
-        .map(|a| {
-            a.require
-                .iter()
-                .map(|r| format!("{} × {}", r.count, r.role))
-                .collect::<Vec<_>>()
-                .join(" + ")
-        })
-        .unwrap_or_default();
-    decision_response(
-        StatusCode::FORBIDDEN,
-        "gate",
-        json!({
-            "error": "gated", "decision_id": id, "code": d.code, "risk": d.risk, "reasons": d.reasons,
-            "approval": d.approval, "value": d.value,
-            "message": format!("this call needs human approval ({needs}); approvals are not enabled on this Latch yet"),
-        }),
     )
 }
 

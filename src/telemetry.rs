@@ -2,8 +2,8 @@
 //! tracing setup.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::config::{LogConfig, LogFormat};
@@ -24,6 +24,18 @@ pub struct Metrics {
     pub policy_info: IntGaugeVec,
     /// Policy evaluations that failed (and so denied), by reason.
     pub policy_errors: IntCounterVec,
+    /// Approvals waiting for humans, by risk.
+    pub approvals_pending: IntGaugeVec,
+    /// Time from a gated call to its verdict.
+    pub time_to_decision: Histogram,
+    /// Approval outcomes (gated, approved, rejected, modified, expired, escalated, overridden, cancelled).
+    pub outcomes: IntCounterVec,
+    /// Executions of approved calls by result (ok, error, interrupted).
+    pub executions: IntCounterVec,
+    /// Break-glass overrides.
+    pub overrides: IntCounter,
+    /// Time to write audit records (with the state they describe).
+    pub audit_write: Histogram,
 }
 
 impl Metrics {
@@ -66,6 +78,44 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let approvals_pending = IntGaugeVec::new(
+            Opts::new("latch_approvals_pending", "Approvals waiting for humans"),
+            &["risk"],
+        )?;
+        let time_to_decision = Histogram::with_opts(
+            HistogramOpts::new(
+                "latch_approval_decision_seconds",
+                "Time from gate to verdict",
+            )
+            .buckets(vec![
+                0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0,
+                86400.0,
+            ]),
+        )?;
+        let outcomes = IntCounterVec::new(
+            Opts::new("latch_approval_outcomes_total", "Approval outcomes"),
+            &["outcome"],
+        )?;
+        let executions = IntCounterVec::new(
+            Opts::new(
+                "latch_approval_executions_total",
+                "Executions of approved calls",
+            ),
+            &["result"],
+        )?;
+        let overrides = IntCounter::new("latch_break_glass_total", "Break-glass overrides")?;
+        let audit_write = Histogram::with_opts(
+            HistogramOpts::new("latch_audit_write_seconds", "Audit write time").buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.5,
+            ]),
+        )?;
+        registry.register(Box::new(approvals_pending.clone()))?;
+        registry.register(Box::new(time_to_decision.clone()))?;
+        registry.register(Box::new(outcomes.clone()))?;
+        registry.register(Box::new(executions.clone()))?;
+        registry.register(Box::new(overrides.clone()))?;
+        registry.register(Box::new(audit_write.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(policy_eval.clone()))?;
         registry.register(Box::new(upstream.clone()))?;
@@ -80,6 +130,12 @@ impl Metrics {
             in_flight,
             policy_info,
             policy_errors,
+            approvals_pending,
+            time_to_decision,
+            outcomes,
+            executions,
+            overrides,
+            audit_write,
         })
     }
 

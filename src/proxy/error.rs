@@ -42,6 +42,24 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
+    /// `Idempotency-Key` is empty, too long or not text.
+    #[error("Idempotency-Key must be 1 to 200 visible characters")]
+    BadIdempotencyKey,
+    /// The idempotency key was used for a different request.
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyConflict,
+    /// No approval with this id belongs to the caller.
+    #[error("no such approval")]
+    UnknownApproval,
+    /// The approval has not executed, so there is no result yet.
+    #[error("the approval is {0}; there is no result")]
+    NotExecuted(&'static str),
+    /// The audit log could not be written; nothing was forwarded.
+    #[error("the audit log is unavailable; nothing was executed")]
+    AuditUnavailable,
+    /// The store could not be read or written; nothing was forwarded.
+    #[error("the approval store is unavailable; nothing was executed")]
+    StoreUnavailable,
     /// Latch itself failed; details are logged, not sent.
     #[error("internal error")]
     Internal,
@@ -61,6 +79,14 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
             ProxyError::UpstreamFailed => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ProxyError::BadIdempotencyKey => (StatusCode::BAD_REQUEST, "bad_idempotency_key"),
+            ProxyError::IdempotencyConflict => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_conflict")
+            }
+            ProxyError::UnknownApproval => (StatusCode::NOT_FOUND, "unknown_approval"),
+            ProxyError::NotExecuted(_) => (StatusCode::CONFLICT, "not_executed"),
+            ProxyError::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+            ProxyError::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ProxyError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -7,11 +7,14 @@ use std::sync::Mutex;
 use anyhow::{anyhow, Context};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{HistoryRow, Store};
+use super::{Durability, HistoryRow, Inserted, Store};
+use crate::audit::{self, Event, Record};
+use crate::gate::model::{Approval, State};
 use crate::history::Stats;
 
 /// Schema changes, in order; entry `i` moves the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["CREATE TABLE action_history (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE action_history (
         fingerprint   TEXT PRIMARY KEY,
         agent         TEXT NOT NULL,
         tool          TEXT NOT NULL,
@@ -22,11 +25,46 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE action_history (
         approved      INTEGER NOT NULL,
         rejected      INTEGER NOT NULL,
         last_decision TEXT
-    );"];
+    );",
+    "CREATE TABLE approvals (
+        id              TEXT PRIMARY KEY,
+        state           TEXT NOT NULL,
+        agent           TEXT NOT NULL,
+        idempotency_key TEXT,
+        deadline        INTEGER NOT NULL,
+        created_at      INTEGER NOT NULL,
+        version         INTEGER NOT NULL,
+        data            TEXT NOT NULL,
+        body            BLOB NOT NULL,
+        original_body   BLOB,
+        result_body     BLOB
+    );
+    CREATE UNIQUE INDEX approvals_idempotency ON approvals(agent, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX approvals_state_deadline ON approvals(state, deadline);
+    CREATE TABLE audit (
+        seq       INTEGER PRIMARY KEY,
+        ts        TEXT NOT NULL,
+        actor     TEXT NOT NULL,
+        event     TEXT NOT NULL,
+        subject   TEXT NOT NULL,
+        details   TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    );",
+];
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    conn: Mutex<Db>,
+}
+
+/// The connection and the tail of the audit chain, guarded together so
+/// appends are serialised and never race for a sequence number.
+struct Db {
+    conn: Connection,
+    /// `(seq, hash)` of the last audit record.
+    tail: (i64, String),
 }
 
 impl SqliteStore {
@@ -71,14 +109,114 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
+        let tail = conn
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((0, audit::GENESIS.to_string()));
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Db { conn, tail }),
         })
     }
 
-    fn conn(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Connection>> {
+    fn db(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Db>> {
         self.conn.lock().map_err(|_| anyhow!("store lock poisoned"))
     }
+
+    fn conn(&self) -> anyhow::Result<ConnGuard<'_>> {
+        Ok(ConnGuard(self.db()?))
+    }
+}
+
+struct ConnGuard<'a>(std::sync::MutexGuard<'a, Db>);
+
+impl std::ops::Deref for ConnGuard<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.0.conn
+    }
+}
+
+impl std::ops::DerefMut for ConnGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.0.conn
+    }
+}
+
+/// Server-clock UTC time for audit records.
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Append `events` inside `tx`; the caller advances `tail` once it commits.
+fn append(
+    tx: &rusqlite::Transaction<'_>,
+    tail: &(i64, String),
+    events: &[Event],
+) -> anyhow::Result<Vec<Record>> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO audit (seq, ts, actor, event, subject, details, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let (mut seq, mut prev) = tail.clone();
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        seq += 1;
+        let r = audit::seal(seq, now_rfc3339(), e.clone(), prev);
+        stmt.execute(params![
+            r.seq,
+            r.ts,
+            r.actor,
+            r.event,
+            r.subject,
+            r.details.to_string(),
+            r.prev_hash,
+            r.hash
+        ])?;
+        prev = r.hash.clone();
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let details: String = r.get(5)?;
+    Ok(Record {
+        seq: r.get(0)?,
+        ts: r.get(1)?,
+        actor: r.get(2)?,
+        event: r.get(3)?,
+        subject: r.get(4)?,
+        // A details column that no longer parses is kept as a string, so
+        // verification reports the record as altered instead of failing to read.
+        details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+        prev_hash: r.get(6)?,
+        hash: r.get(7)?,
+    })
+}
+
+const APPROVAL_COLUMNS: &str = "data, body, original_body, result_body";
+
+fn row_to_approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
+    let data: String = r.get(0)?;
+    let mut a: Approval = serde_json::from_str(&data).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    a.body = r.get(1)?;
+    a.original_body = r.get(2)?;
+    if let (Some(result), Some(body)) = (a.result.as_mut(), r.get::<_, Option<Vec<u8>>>(3)?) {
+        result.body = body;
+    }
+    Ok(a)
+}
+
+fn approval_params(a: &Approval) -> anyhow::Result<(String, Option<Vec<u8>>)> {
+    let data = serde_json::to_string(a)?;
+    let result_body = a.result.as_ref().map(|r| r.body.clone());
+    Ok((data, result_body))
 }
 
 impl Store for SqliteStore {
@@ -144,6 +282,144 @@ impl Store for SqliteStore {
         let conn = self.conn()?;
         let _: Option<i64> = conn.query_row("SELECT 1", [], |r| r.get(0)).optional()?;
         Ok(())
+    }
+
+    fn append_audit(
+        &self,
+        events: &[Event],
+        durability: Durability,
+    ) -> anyhow::Result<Vec<Record>> {
+        let mut db = self.db()?;
+        let Db { conn, tail } = &mut *db;
+        if durability == Durability::Process {
+            // WAL + NORMAL: the commit survives a crash of Latch (the OS has the
+            // pages); the next synced commit makes it durable on disk too.
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let result = (|| {
+            let tx = conn.transaction()?;
+            let records = append(&tx, tail, events)?;
+            tx.commit()?;
+            Ok::<_, anyhow::Error>(records)
+        })();
+        if durability == Durability::Process {
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        let records = result?;
+        if let Some(last) = records.last() {
+            *tail = (last.seq, last.hash.clone());
+        }
+        Ok(records)
+    }
+
+    fn audit_after(&self, after: i64, limit: usize) -> anyhow::Result<Vec<Record>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, ts, actor, event, subject, details, prev_hash, hash FROM audit
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], row_to_record)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
+    fn insert_approval(&self, a: &Approval, event: &Event) -> anyhow::Result<Inserted> {
+        let mut db = self.db()?;
+        let Db { conn, tail } = &mut *db;
+        let tx = conn.transaction()?;
+        if let Some(key) = &a.idempotency_key {
+            let existing = tx
+                .query_row(
+                    &format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE agent = ?1 AND idempotency_key = ?2"),
+                    params![a.agent, key],
+                    row_to_approval,
+                )
+                .optional()?;
+            if let Some(existing) = existing {
+                return Ok(Inserted::Existing(Box::new(existing)));
+            }
+        }
+        let (data, result_body) = approval_params(a)?;
+        tx.execute(
+            "INSERT INTO approvals (id, state, agent, idempotency_key, deadline, created_at, version, data, body, original_body, result_body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![a.id, a.state.as_str(), a.agent, a.idempotency_key, a.deadline, a.created_at, a.version, data, a.body, a.original_body, result_body],
+        )?;
+        let records = append(&tx, tail, std::slice::from_ref(event))?;
+        tx.commit()?;
+        if let Some(last) = records.last() {
+            *tail = (last.seq, last.hash.clone());
+        }
+        Ok(Inserted::New)
+    }
+
+    fn approval(&self, id: &str) -> anyhow::Result<Option<Approval>> {
+        let conn = self.conn()?;
+        conn.query_row(
+            &format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = ?1"),
+            params![id],
+            row_to_approval,
+        )
+        .optional()
+        .map_err(Into::into)
+    }
+
+    fn approvals(&self, state: Option<State>, limit: usize) -> anyhow::Result<Vec<Approval>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE (?1 IS NULL OR state = ?1)
+             ORDER BY created_at DESC LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(
+            params![state.map(State::as_str), limit as i64],
+            row_to_approval,
+        )?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
+    fn due_approvals(&self, now_ms: i64) -> anyhow::Result<Vec<Approval>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE state = 'pending' AND deadline <= ?1 ORDER BY deadline"
+        ))?;
+        let rows = stmt.query_map(params![now_ms], row_to_approval)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
+    fn update_approval(
+        &self,
+        a: &Approval,
+        expected_version: i64,
+        events: &[Event],
+    ) -> anyhow::Result<bool> {
+        let mut db = self.db()?;
+        let Db { conn, tail } = &mut *db;
+        let tx = conn.transaction()?;
+        let (data, result_body) = approval_params(a)?;
+        let changed = tx.execute(
+            "UPDATE approvals SET state = ?2, deadline = ?3, version = ?4, data = ?5, body = ?6,
+                    original_body = ?7, result_body = ?8
+             WHERE id = ?1 AND version = ?9",
+            params![
+                a.id,
+                a.state.as_str(),
+                a.deadline,
+                a.version,
+                data,
+                a.body,
+                a.original_body,
+                result_body,
+                expected_version
+            ],
+        )?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        let records = append(&tx, tail, events)?;
+        tx.commit()?;
+        if let Some(last) = records.last() {
+            *tail = (last.seq, last.hash.clone());
+        }
+        Ok(true)
     }
 }
 

@@ -120,8 +120,10 @@ decision := {"action": "deny", "code": "echo", "reasons": [json.marshal(input)]}
     input.history.seen > 0
 } else := {"action": "deny", "code": "blocked", "reasons": ["blocked by test policy", "try something else"]} if {
     input.action.args.block == true
-} else := {"action": "gate", "risk": "high", "code": "needs_lead", "reasons": ["big"],
-           "approval": {"require": [{"role": "lead", "count": 1}, {"role": "director", "count": 1}]}} if {
+} else := {"action": "gate", "risk": object.get(input.action.args, "risk", "high"), "code": "needs_lead",
+           "reasons": ["big"],
+           "approval": object.get(input.action.args, "approval",
+                                  {"require": [{"role": "lead", "count": 1}, {"role": "director", "count": 1}]})} if {
     input.action.args.gate == true
 } else := {"action": "allow", "risk": "low", "code": "ok", "reasons": []} if {
     input.route.name != "broken"
@@ -159,6 +161,7 @@ pub fn config_text(upstream: &str, extra: &str) -> String {
 listen = "127.0.0.1:0"
 max_body_bytes = 1024
 header_read_timeout_ms = 2000
+hold_s = 5
 
 [admin]
 listen = "127.0.0.1:0"
@@ -173,12 +176,41 @@ timeout_ms = 50
 [[principals]]
 id = "bot"
 roles = ["agent"]
+owners = ["carol"]
 token_env = "BOT_TOKEN"
+
+[[principals]]
+id = "bot2"
+roles = ["agent"]
+token = "bot2-token"
 
 [[principals]]
 id = "alice"
 roles = ["lead"]
 token = "alice-token"
+
+[[principals]]
+id = "dave"
+roles = ["director"]
+token = "dave-token"
+
+[[principals]]
+id = "erin"
+roles = ["lead", "director"]
+token = "erin-token"
+
+[[principals]]
+id = "carol"
+roles = ["lead"]
+token = "carol-token"
+
+[[principals]]
+id = "olga"
+roles = ["oncall"]
+token = "olga-token"
+
+[gate]
+break_glass_roles = ["oncall"]
 
 [[routes]]
 name = "echo"
@@ -323,6 +355,56 @@ pub async fn call(method: &str, addr: SocketAddr, path: &str, body: &str) -> Ans
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
     send(req).await
+}
+
+/// A request to the admin API as `token`.
+pub async fn admin(addr: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> Answer {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    send(req).await
+}
+
+/// Poll the admin API until approval `id` is in `state` (10 s at most).
+pub async fn wait_state(addr: SocketAddr, id: &str, state: &str) -> serde_json::Value {
+    for _ in 0..200 {
+        let a = admin(
+            addr,
+            "GET",
+            &format!("/api/v1/approvals/{id}"),
+            "alice-token",
+            "",
+        )
+        .await;
+        if a.status == 200 && a.json()["state"] == state {
+            return a.json();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("approval {id} never reached {state}");
+}
+
+/// Poll until exactly one approval is pending and return its id.
+pub async fn wait_pending(addr: SocketAddr) -> String {
+    for _ in 0..200 {
+        let a = admin(
+            addr,
+            "GET",
+            "/api/v1/approvals?status=pending",
+            "alice-token",
+            "",
+        )
+        .await;
+        if let Some(first) = a.json()["approvals"].as_array().and_then(|l| l.first()) {
+            return first["id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no approval became pending");
 }
 
 /// Send raw bytes and return the status code of the answer.

@@ -1,0 +1,266 @@
+//! `/api/v1`: approvals and the audit trail, for humans with a bearer token.
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::error;
+use crate::app::Latch;
+use crate::gate::model::{Approval, State};
+use crate::gate::{self, blocking, Act, GateError};
+use crate::identity::Principal;
+use crate::server::{json as json_response, Body};
+
+/// Largest decision request body.
+const MAX_BODY: usize = 1 << 20;
+
+/// Route an `/api/v1/…` request.
+pub async fn handle(latch: &Latch, req: Request<Incoming>) -> Response<Body> {
+    let human = match authenticate(latch, &req) {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = crate::policy::input::parse_query(req.uri().query());
+    let segments: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["approvals"]) => {
+            let state = match query.get("status").and_then(|v| v.first()) {
+                None => None,
+                Some(s) => match State::parse(s) {
+                    Some(s) => Some(s),
+                    None => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_status",
+                            &format!("unknown status {s:?}"),
+                        )
+                    }
+                },
+            };
+            let store = latch.store.clone();
+            match blocking(move || store.approvals(state, 500)).await {
+                Ok(list) => {
+                    let mut list: Vec<Value> = list.iter().map(view).collect();
+                    if state == Some(State::Pending) {
+                        list.sort_by_key(|a| a["deadline_ms"].as_i64());
+                    }
+                    json_response(StatusCode::OK, &json!({"approvals": list}))
+                }
+                Err(e) => store_error(e),
+            }
+        }
+        (&Method::GET, ["approvals", id]) => {
+            let store = latch.store.clone();
+            let id = id.to_string();
+            match blocking(move || store.approval(&id)).await {
+                Ok(Some(a)) => json_response(StatusCode::OK, &view(&a)),
+                Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such approval"),
+                Err(e) => store_error(e),
+            }
+        }
+        (&Method::POST, ["approvals", id, verb]) => {
+            let body = match read_json(req).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            let act = match parse_act(verb, &body) {
+                Ok(Some(a)) => a,
+                Ok(None) => {
+                    return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
+                }
+                Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid", &msg),
+            };
+            match gate::decide(latch, id, &human, act).await {
+                Ok(a) => json_response(StatusCode::OK, &view(&a)),
+                Err(e) => gate_error(e),
+            }
+        }
+        (&Method::GET, ["audit"]) => audit(latch, &query).await,
+        (_, ["approvals"] | ["approvals", _] | ["audit"]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET",
+        ),
+        (_, ["approvals", _, _]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use POST",
+        ),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+    }
+}
+
+/// A human principal from the bearer token; agents are refused.
+fn authenticate(
+    latch: &Latch,
+    req: &Request<Incoming>,
+) -> Result<std::sync::Arc<Principal>, Response<Body>> {
+    let auth = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let p = latch.directory.authenticate(auth, None).map_err(|e| {
+        let mut r = error(StatusCode::UNAUTHORIZED, "unauthenticated", &e.to_string());
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"latch-admin\""),
+        );
+        r
+    })?;
+    if p.has_role("agent") {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "agents cannot use the admin API",
+        ));
+    }
+    Ok(p)
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body over 1 MiB",
+            )
+        })?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            &format!("body is not JSON: {e}"),
+        )
+    })
+}
+
+fn text(body: &Value, key: &str) -> Result<Option<String>, String> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("`{key}` must be a string")),
+    }
+}
+
+fn parse_act(verb: &str, body: &Value) -> Result<Option<Act>, String> {
+    if !body.is_object() {
+        return Err("body must be a JSON object".into());
+    }
+    Ok(Some(match verb {
+        "approve" => Act::Approve {
+            comment: text(body, "comment")?,
+        },
+        "reject" => Act::Reject {
+            reason: text(body, "reason")?.ok_or("reject needs a `reason`")?,
+            code: text(body, "code")?,
+        },
+        "modify" => Act::Modify {
+            body: body
+                .get("body")
+                .cloned()
+                .ok_or("modify needs the new `body`")?,
+            comment: text(body, "comment")?,
+        },
+        "override" => Act::Override {
+            reason: text(body, "reason")?.ok_or("override needs a `reason`")?,
+        },
+        _ => return Ok(None),
+    }))
+}
+
+fn gate_error(e: GateError) -> Response<Body> {
+    let message = e.to_string();
+    let (status, code) = match e {
+        GateError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        GateError::Closed(_) => (StatusCode::CONFLICT, "closed"),
+        GateError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        GateError::AlreadyVoted(_) => (StatusCode::CONFLICT, "already_voted"),
+        GateError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        GateError::Store(err) => return store_error(err),
+    };
+    error(status, code, &message)
+}
+
+fn store_error(e: anyhow::Error) -> Response<Body> {
+    tracing::error!(error = %e, "store failure on the admin API");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the store is unavailable; nothing changed",
+    )
+}
+
+fn body_view(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// The reviewer's view of an approval.
+pub fn view(a: &Approval) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("body".into(), body_view(&a.body));
+        if let Some(orig) = &a.original_body {
+            o.insert("original_body".into(), body_view(orig));
+        }
+        if let Some(r) = &a.result {
+            o.insert(
+                "result".into(),
+                json!({"status": r.status, "headers": r.headers, "body": body_view(&r.body)}),
+            );
+        }
+        o.insert("deadline_ms".into(), json!(a.deadline));
+        o.insert("required".into(), json!(a.requirements()));
+    }
+    v
+}
+
+async fn audit(latch: &Latch, query: &crate::policy::input::Query) -> Response<Body> {
+    let first = |k: &str| query.get(k).and_then(|v| v.first()).cloned();
+    let after = first("after")
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(0);
+    let limit = first("limit")
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(1000)
+        .min(10_000);
+    let since = match first("since") {
+        None => None,
+        Some(s) => match chrono::DateTime::parse_from_rfc3339(&s) {
+            Ok(t) => Some(t.with_timezone(&chrono::Utc)),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_since",
+                    "since must be an RFC 3339 time",
+                )
+            }
+        },
+    };
+    let subject = first("subject");
+    let store = latch.store.clone();
+    let records = blocking(move || {
+        crate::cli::audit_records(&*store, after, limit, since, subject.as_deref())
+    })
+    .await;
+    match records {
+        Ok(records) => {
+            let next = records.last().map(|r| r.seq);
+            json_response(
+                StatusCode::OK,
+                &json!({"records": records, "next_after": next}),
+            )
+        }
+        Err(e) => store_error(e),
+    }
+}

@@ -1,0 +1,186 @@
+//! The approval record and its states.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::decision::{Requirement, Risk};
+use crate::policy::Decision;
+
+/// Where an approval is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Waiting for humans (at `level`).
+    Pending,
+    /// Quorum met (or overridden, or allowed on timeout); about to execute.
+    Approved,
+    /// Latch is sending the call upstream.
+    Executing,
+    /// Sent once; the upstream answer is stored.
+    Executed,
+    /// Someone eligible rejected it.
+    Rejected,
+    /// Its deadline passed.
+    Expired,
+    /// The waiting caller went away.
+    Cancelled,
+    /// Execution failed or was interrupted; never retried.
+    Failed,
+}
+
+impl State {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Executing => "executing",
+            State::Executed => "executed",
+            State::Rejected => "rejected",
+            State::Expired => "expired",
+            State::Cancelled => "cancelled",
+            State::Failed => "failed",
+        }
+    }
+
+    /// Parse a state name.
+    pub fn parse(s: &str) -> Option<State> {
+        Some(match s {
+            "pending" => State::Pending,
+            "approved" => State::Approved,
+            "executing" => State::Executing,
+            "executed" => State::Executed,
+            "rejected" => State::Rejected,
+            "expired" => State::Expired,
+            "cancelled" => State::Cancelled,
+            "failed" => State::Failed,
+            _ => return None,
+        })
+    }
+
+    /// No further change is possible.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            State::Executed | State::Rejected | State::Expired | State::Cancelled | State::Failed
+        )
+    }
+}
+
+/// A vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VoteKind {
+    /// Approve the current body.
+    Approve,
+    /// Reject.
+    Reject,
+}
+
+/// One human's vote on one version of the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    /// Principal id.
+    pub principal: String,
+    /// Approve or reject.
+    pub kind: VoteKind,
+    /// Approval level the vote was cast at.
+    pub level: u32,
+    /// The body digest the vote applies to (a modify voids older approvals).
+    pub body_sha256: String,
+    /// Optional comment or the rejection reason.
+    pub comment: Option<String>,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
+/// The stored upstream answer of an executed approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResult {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers (hop-by-hop removed).
+    pub headers: Vec<(String, String)>,
+    /// Response body.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+/// A proposed call held for approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Identifier (also the decision id).
+    pub id: String,
+    /// State.
+    pub state: State,
+    /// Requesting agent.
+    pub agent: String,
+    /// Route name.
+    pub route: String,
+    /// Tool.
+    pub tool: String,
+    /// HTTP method.
+    pub method: String,
+    /// Decoded path, for reviewers.
+    pub path: String,
+    /// Raw path suffix after the route prefix, plus `?query`: what is appended
+    /// to the upstream base URL.
+    pub target: String,
+    /// Headers to forward (no credentials; injected ones are added at execution).
+    pub headers: Vec<(String, String)>,
+    /// The bytes that will be sent.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    /// SHA-256 of `body`; approvals are bound to it.
+    pub body_sha256: String,
+    /// The body as the agent proposed it, when a reviewer modified it.
+    #[serde(skip)]
+    pub original_body: Option<Vec<u8>>,
+    /// The policy decision that gated the call.
+    pub decision: Decision,
+    /// The agent's reasoning (`Latch-Reason`).
+    pub reason: Option<String>,
+    /// `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+    /// Client address and whether it used TLS (for `Forwarded` at execution).
+    pub peer: String,
+    /// Client used TLS.
+    pub tls: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds of the current level's deadline.
+    pub deadline: i64,
+    /// Current approval level (0 = `approval.require`, n = `escalate[n-1]`).
+    pub level: u32,
+    /// Votes, all levels.
+    pub votes: Vec<Vote>,
+    /// Who closed it and why (rejection reason, override reason, error).
+    pub outcome: Option<String>,
+    /// Unix milliseconds when it left `pending`.
+    pub decided_at: Option<i64>,
+    /// Upstream answer once executed.
+    pub result: Option<StoredResult>,
+    /// Optimistic-concurrency version, bumped by every update.
+    pub version: i64,
+}
+
+impl Approval {
+    /// Requirements of the current level.
+    pub fn requirements(&self) -> &[Requirement] {
+        let Some(spec) = &self.decision.approval else {
+            return &[];
+        };
+        match self.level {
+            0 => &spec.require,
+            n => spec
+                .escalate
+                .get(n as usize - 1)
+                .map(|e| e.require.as_slice())
+                .unwrap_or(&[]),
+        }
+    }
+
+    /// Risk of the gated call.
+    pub fn risk(&self) -> Risk {
+        self.decision.risk
+    }
+}
