@@ -191,7 +191,7 @@ fn check_voter(latch: &Latch, a: &Approval, actor: &Principal) -> Result<(), Gat
         .get(&a.agent)
         .map(|p| p.owners.clone())
         .unwrap_or_default();
-    if owners.iter().any(|o| *o == actor.id) {
+    if owners.contains(&actor.id) {
         return Err(GateError::Forbidden(format!(
             "{} owns agent {} and may not decide its calls",
             actor.id, a.agent

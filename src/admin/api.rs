@@ -19,7 +19,7 @@ const MAX_BODY: usize = 1 << 20;
 pub async fn handle(latch: &Latch, req: Request<Incoming>) -> Response<Body> {
     let human = match authenticate(latch, &req) {
         Ok(p) => p,
-        Err(resp) => return resp,
+        Err(e) => return e.response(),
     };
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -64,7 +64,7 @@ pub async fn handle(latch: &Latch, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, ["approvals", id, verb]) => {
             let body = match read_json(req).await {
                 Ok(b) => b,
-                Err(resp) => return resp,
+                Err(e) => return e.response(),
             };
             let act = match parse_act(verb, &body) {
                 Ok(Some(a)) => a,
@@ -93,25 +93,49 @@ pub async fn handle(latch: &Latch, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// An API refusal, turned into a JSON answer at the edge.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn response(self) -> Response<Body> {
+        let mut r = error(self.status, self.code, &self.message);
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"latch-admin\""),
+            );
+        }
+        r
+    }
+}
+
 /// A human principal from the bearer token; agents are refused.
 fn authenticate(
     latch: &Latch,
     req: &Request<Incoming>,
-) -> Result<std::sync::Arc<Principal>, Response<Body>> {
+) -> Result<std::sync::Arc<Principal>, ApiError> {
     let auth = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    let p = latch.directory.authenticate(auth, None).map_err(|e| {
-        let mut r = error(StatusCode::UNAUTHORIZED, "unauthenticated", &e.to_string());
-        r.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"latch-admin\""),
-        );
-        r
-    })?;
+    let p = latch
+        .directory
+        .authenticate(auth, None)
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))?;
     if p.has_role("agent") {
-        return Err(error(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "agents cannot use the admin API",
@@ -120,12 +144,12 @@ fn authenticate(
     Ok(p)
 }
 
-async fn read_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
+async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
     let bytes = Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
         .map_err(|_| {
-            error(
+            ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 "request body over 1 MiB",
@@ -136,10 +160,10 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
         return Ok(json!({}));
     }
     serde_json::from_slice(&bytes).map_err(|e| {
-        error(
+        ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
-            &format!("body is not JSON: {e}"),
+            format!("body is not JSON: {e}"),
         )
     })
 }
