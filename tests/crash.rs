@@ -1,0 +1,121 @@
+//! The real binary: pending approvals survive `kill -9`, and the audit CLI
+//! verifies, exports and catches tampering.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn latch_cmd(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_latch"));
+    c.current_dir(dir)
+        .env("BOT_TOKEN", AGENT_TOKEN)
+        .env("UPSTREAM_KEY", "Bearer upstream-secret");
+    c
+}
+
+async fn serve(dir: &Path, proxy: SocketAddr) -> Serve {
+    let child = latch_cmd(dir)
+        .args(["serve", "--config", "latch.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(proxy).await.is_ok() {
+            return Serve(child);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("latch did not start");
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    latch_cmd(dir).args(args).output().unwrap()
+}
+
+#[tokio::test]
+async fn pending_approvals_survive_kill_9_and_the_audit_chain_verifies() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/test.rego"), TEST_POLICY).unwrap();
+    let (proxy, adm) = (free_addr(), free_addr());
+    let text = config_text(&up.url(), "")
+        .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{proxy}\""), 1)
+        .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{adm}\""), 1);
+    std::fs::write(dir.path().join("latch.toml"), text).unwrap();
+
+    let mut server = serve(dir.path(), proxy).await;
+    assert_eq!(call("POST", proxy, "/tools/echo/a", "{}").await.status, 200);
+    let body = r#"{"gate": true, "approval": {"require": [{"role": "lead", "count": 1}]}}"#;
+    let req = |key: &str| {
+        agent_request("POST", proxy, "/tools/echo/send")
+            .header("content-type", "application/json")
+            .header("prefer", "respond-async")
+            .header("idempotency-key", key)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap()
+    };
+    let held = send(req("crash-1")).await;
+    assert_eq!(held.status, 202);
+    let id = held.json()["approval_id"].as_str().unwrap().to_string();
+
+    // SIGKILL: no shutdown code runs.
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    drop(server);
+    let _server = serve(dir.path(), proxy).await;
+
+    let retry = send(req("crash-1")).await;
+    assert_eq!(retry.json()["approval_id"], id, "the retry attaches to the approval from before the crash");
+    let ok = admin(adm, "POST", &format!("/api/v1/approvals/{id}/approve"), "alice-token", "{}").await;
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    wait_state(adm, &id, "executed").await;
+    assert_eq!(up.requests().len(), 2);
+
+    let v = run(dir.path(), &["audit", "verify"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("ok: 4 records"), "{}", String::from_utf8_lossy(&v.stdout));
+
+    let export = run(dir.path(), &["audit", "export"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<&str> = lines.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["decision", "gate", "approve", "execute"]);
+    let none = run(dir.path(), &["audit", "export", "--since", "2999-01-01T00:00:00Z"]);
+    assert!(none.status.success() && none.stdout.is_empty());
+
+    // Tamper with one record, then remove another: verify names each.
+    let db = rusqlite::Connection::open(dir.path().join("latch.db")).unwrap();
+    let original: String = db.query_row("SELECT details FROM audit WHERE seq = 2", [], |r| r.get(0)).unwrap();
+    db.execute("UPDATE audit SET details = '{\"risk\":\"low\"}' WHERE seq = 2", []).unwrap();
+    let v = run(dir.path(), &["audit", "verify"]);
+    assert_eq!(v.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&v.stderr).contains("record 2: contents were altered"), "{}", String::from_utf8_lossy(&v.stderr));
+    db.execute("UPDATE audit SET details = ?1 WHERE seq = 2", [original]).unwrap();
+    assert!(run(dir.path(), &["audit", "verify"]).status.success());
+    db.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
+    let v = run(dir.path(), &["audit", "verify"]);
+    assert_eq!(v.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&v.stderr).contains("record 4"), "{}", String::from_utf8_lossy(&v.stderr));
+}
