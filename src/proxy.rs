@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::app::Latch;
+use crate::gate::hold::Step;
 use crate::history::ActionClass;
 use crate::identity::Principal;
 use crate::policy::input::{self, RequestFacts};
@@ -76,8 +77,14 @@ pub async fn handle(latch: Latch, req: Request<Incoming>, conn: Arc<ConnInfo>) -
         outcome: "error",
         policy_code: None,
     };
-    let mut resp = match pipeline(&latch, req, &conn, &mut ctx).await {
-        Ok(resp) => resp,
+    // The pipeline's state is boxed and freed before a held call waits, so
+    // each of thousands of held calls keeps only the small wait future.
+    let step = Box::pin(pipeline(&latch, req, &conn, &mut ctx)).await;
+    let mut resp = match step {
+        Ok(Step::Answer(resp)) => resp,
+        Ok(Step::Hold { id, cancel_on_drop }) => {
+            crate::gate::hold::wait(&latch, &id, latch.config.proxy.hold, cancel_on_drop).await
+        }
         Err(e) => {
             ctx.outcome = e.status_and_code().1;
             e.into_response(&ctx.id)
@@ -111,7 +118,7 @@ async fn pipeline(
     req: Request<Incoming>,
     conn: &ConnInfo,
     ctx: &mut Ctx,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Step, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
@@ -129,7 +136,9 @@ async fn pipeline(
     if path::under(&decoded_path, "/latch") {
         ctx.route = Some("latch".into());
         ctx.outcome = "api";
-        return crate::gate::hold::agent_api(latch, req.method(), &decoded_path, &agent).await;
+        return crate::gate::hold::agent_api(latch, req.method(), &decoded_path, &agent)
+            .await
+            .map(Step::Answer);
     }
     let route = upstream::find(&latch.routes, &decoded_path).ok_or(ProxyError::NoRoute)?;
     ctx.route = Some(route.config.name.clone());
@@ -225,7 +234,7 @@ async fn pipeline(
                 policy.hash(),
             )
             .await?;
-            Ok(deny(&ctx.id, &decision))
+            Ok(Step::Answer(deny(&ctx.id, &decision)))
         }
         Action::Gate => {
             let Some(body) = buffered else {
@@ -252,7 +261,7 @@ async fn pipeline(
                 )
                 .await?;
                 ctx.outcome = "deny";
-                return Ok(deny(&ctx.id, &refused));
+                return Ok(Step::Answer(deny(&ctx.id, &refused)));
             };
             let mut target = path::raw_suffix(parts.uri.path(), &route.config.prefix);
             if let Some(q) = parts.uri.query() {
@@ -295,7 +304,9 @@ async fn pipeline(
                 (None, Some(s)) => body_limited(s, limit).boxed(),
                 (None, None) => return Err(ProxyError::Internal),
             };
-            forward(latch, route, parts, &suffix, body, conn).await
+            forward(latch, route, parts, &suffix, body, conn)
+                .await
+                .map(Step::Answer)
         }
     }
 }

@@ -20,7 +20,10 @@ impl Drop for Serve {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn latch_cmd(dir: &Path) -> Command {
@@ -59,8 +62,16 @@ async fn pending_approvals_survive_kill_9_and_the_audit_chain_verifies() {
     std::fs::write(dir.path().join("policies/test.rego"), TEST_POLICY).unwrap();
     let (proxy, adm) = (free_addr(), free_addr());
     let text = config_text(&up.url(), "")
-        .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{proxy}\""), 1)
-        .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{adm}\""), 1);
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{proxy}\""),
+            1,
+        )
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{adm}\""),
+            1,
+        );
     std::fs::write(dir.path().join("latch.toml"), text).unwrap();
 
     let mut server = serve(dir.path(), proxy).await;
@@ -85,15 +96,30 @@ async fn pending_approvals_survive_kill_9_and_the_audit_chain_verifies() {
     let _server = serve(dir.path(), proxy).await;
 
     let retry = send(req("crash-1")).await;
-    assert_eq!(retry.json()["approval_id"], id, "the retry attaches to the approval from before the crash");
-    let ok = admin(adm, "POST", &format!("/api/v1/approvals/{id}/approve"), "alice-token", "{}").await;
+    assert_eq!(
+        retry.json()["approval_id"],
+        id,
+        "the retry attaches to the approval from before the crash"
+    );
+    let ok = admin(
+        adm,
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        "alice-token",
+        "{}",
+    )
+    .await;
     assert_eq!(ok.status, 200, "{:?}", ok.body);
     wait_state(adm, &id, "executed").await;
     assert_eq!(up.requests().len(), 2);
 
     let v = run(dir.path(), &["audit", "verify"]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
-    assert!(String::from_utf8_lossy(&v.stdout).starts_with("ok: 4 records"), "{}", String::from_utf8_lossy(&v.stdout));
+    assert!(
+        String::from_utf8_lossy(&v.stdout).starts_with("ok: 4 records"),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
 
     let export = run(dir.path(), &["audit", "export"]);
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
@@ -102,20 +128,38 @@ async fn pending_approvals_survive_kill_9_and_the_audit_chain_verifies() {
         .collect();
     let events: Vec<&str> = lines.iter().map(|r| r["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["decision", "gate", "approve", "execute"]);
-    let none = run(dir.path(), &["audit", "export", "--since", "2999-01-01T00:00:00Z"]);
+    let none = run(
+        dir.path(),
+        &["audit", "export", "--since", "2999-01-01T00:00:00Z"],
+    );
     assert!(none.status.success() && none.stdout.is_empty());
 
     // Tamper with one record, then remove another: verify names each.
     let db = rusqlite::Connection::open(dir.path().join("latch.db")).unwrap();
-    let original: String = db.query_row("SELECT details FROM audit WHERE seq = 2", [], |r| r.get(0)).unwrap();
-    db.execute("UPDATE audit SET details = '{\"risk\":\"low\"}' WHERE seq = 2", []).unwrap();
+    let original: String = db
+        .query_row("SELECT details FROM audit WHERE seq = 2", [], |r| r.get(0))
+        .unwrap();
+    db.execute(
+        "UPDATE audit SET details = '{\"risk\":\"low\"}' WHERE seq = 2",
+        [],
+    )
+    .unwrap();
     let v = run(dir.path(), &["audit", "verify"]);
     assert_eq!(v.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&v.stderr).contains("record 2: contents were altered"), "{}", String::from_utf8_lossy(&v.stderr));
-    db.execute("UPDATE audit SET details = ?1 WHERE seq = 2", [original]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&v.stderr).contains("record 2: contents were altered"),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    db.execute("UPDATE audit SET details = ?1 WHERE seq = 2", [original])
+        .unwrap();
     assert!(run(dir.path(), &["audit", "verify"]).status.success());
     db.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
     let v = run(dir.path(), &["audit", "verify"]);
     assert_eq!(v.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&v.stderr).contains("record 4"), "{}", String::from_utf8_lossy(&v.stderr));
+    assert!(
+        String::from_utf8_lossy(&v.stderr).contains("record 4"),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
 }

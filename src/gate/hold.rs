@@ -74,8 +74,21 @@ fn storable_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Store the proposal and hold the caller.
-pub async fn gate(latch: &Latch, p: Proposal<'_>) -> Result<Response<Body>, ProxyError> {
+/// What the proxy does next with a call.
+pub enum Step {
+    /// Answer now.
+    Answer(Response<Body>),
+    /// Hold the caller on approval `id` (see [`wait`]).
+    Hold {
+        /// The approval.
+        id: String,
+        /// Cancel the approval if the caller goes away.
+        cancel_on_drop: bool,
+    },
+}
+
+/// Store the proposal; answer 202 at once or tell the caller to hold.
+pub async fn gate(latch: &Latch, p: Proposal<'_>) -> Result<Step, ProxyError> {
     let headers = &p.parts.headers;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
@@ -175,9 +188,9 @@ pub async fn gate(latch: &Latch, p: Proposal<'_>) -> Result<Response<Body>, Prox
         }
     };
     if prefer_async {
-        return Ok(accepted(&id));
+        return Ok(Step::Answer(accepted(&id)));
     }
-    Ok(wait(latch, &id, latch.config.proxy.hold, cancel_on_drop).await)
+    Ok(Step::Hold { id, cancel_on_drop })
 }
 
 /// Cancels the approval if the held request is dropped (client gone)

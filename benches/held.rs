@@ -1,0 +1,244 @@
+//! Held calls: how many one Latch process keeps and what each costs in
+//! memory, and the time from a reviewer's approval to the released answer.
+//!
+//! `cargo bench --bench held` (see benches/README.md). Settings: `HELD`
+//! (default 10000 held calls), `RELEASES` (default 300 approvals timed).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+const POLICY: &str = r#"package latch
+import rego.v1
+decision := {"action": "gate", "risk": "medium", "code": "held", "reasons": ["benchmark"],
+             "approval": {"require": [{"role": "lead", "count": 1}], "timeout_s": 3600}}
+"#;
+
+/// A tiny upstream for the approved calls.
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"{\"ok\":true}")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn admin_post(addr: SocketAddr, path: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer lead-token\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    String::from_utf8_lossy(&buf)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn pending_ids(addr: SocketAddr) -> Vec<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
+    let req = "GET /api/v1/approvals?status=pending HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer lead-token\r\nConnection: close\r\n\r\n";
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("{}");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v["approvals"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|a| a["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn main() {
+    let held = env_usize("HELD", 10_000);
+    let releases = env_usize("RELEASES", 300).min(held);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("policies")).expect("mkdir");
+        std::fs::write(dir.path().join("policies/p.rego"), POLICY).expect("policy");
+        let up = upstream().await;
+        let (proxy, admin) = (free_addr(), free_addr());
+        let config = format!(
+            r#"[proxy]
+listen = "{proxy}"
+hold_s = 3600
+[admin]
+listen = "{admin}"
+[store]
+url = "sqlite://latch.db"
+[log]
+level = "warn"
+[[principals]]
+id = "agent"
+roles = ["agent"]
+token = "agent-token"
+[[principals]]
+id = "lead"
+roles = ["lead"]
+token = "lead-token"
+[[routes]]
+name = "tool"
+prefix = "/tool"
+upstream = "http://{up}"
+"#
+        );
+        std::fs::write(dir.path().join("latch.toml"), config).expect("config");
+        let child = Command::new(env!("CARGO_BIN_EXE_latch"))
+            .args(["serve", "--config", "latch.toml"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start latch");
+        let pid = child.id();
+        let _latch = Proc(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(proxy).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let base = rss_kib(pid);
+
+        // Open `held` connections, each with one gated call, and keep them.
+        let started = Instant::now();
+        let mut waiters = Vec::with_capacity(held);
+        for i in 0..held {
+            let mut s = tokio::net::TcpStream::connect(proxy).await.expect("connect");
+            let body = format!("{{\"n\":{i}}}");
+            let req = format!(
+                "POST /tool/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer agent-token\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await.expect("write");
+            waiters.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let at = Instant::now();
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let id = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("latch-approval: "))
+                    .map(|v| v.trim().to_string());
+                (at, id, head.starts_with("HTTP/1.1 200"))
+            }));
+        }
+        // Wait until every call is stored and held (RSS stops growing).
+        let mut last = 0;
+        for _ in 0..600 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = rss_kib(pid);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let gate_secs = started.elapsed().as_secs_f64();
+        let full = rss_kib(pid);
+        println!("held {held} calls in {gate_secs:.1} s ({:.0} gated calls/s)", held as f64 / gate_secs);
+        println!(
+            "RSS: {:.1} MiB idle, {:.1} MiB holding {held} → {:.1} KiB per held call",
+            base as f64 / 1024.0,
+            full as f64 / 1024.0,
+            (full.saturating_sub(base)) as f64 / held as f64
+        );
+
+        // Release some by approval and time each approval → released answer.
+        let ids = pending_ids(admin).await;
+        let mut approved_at = std::collections::HashMap::new();
+        for id in ids.iter().take(releases) {
+            let t0 = Instant::now();
+            if admin_post(admin, &format!("/api/v1/approvals/{id}/approve")).await == 200 {
+                approved_at.insert(id.clone(), t0);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut gaps = Vec::new();
+        let mut ok = 0;
+        for w in waiters {
+            if !w.is_finished() {
+                w.abort();
+                continue;
+            }
+            if let Ok((at, Some(id), success)) = w.await {
+                if let Some(t0) = approved_at.get(&id) {
+                    ok += usize::from(success);
+                    gaps.push(at.saturating_duration_since(*t0).as_secs_f64() * 1e3);
+                }
+            }
+        }
+        gaps.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| gaps.get(((gaps.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+        println!(
+            "approved {}, released {ok} with the upstream answer; approval → answer p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            approved_at.len(),
+            pct(0.5),
+            pct(0.99),
+            gaps.last().copied().unwrap_or(f64::NAN)
+        );
+    });
+}
