@@ -4,7 +4,8 @@
 //!
 //! `cargo bench --bench proxy_load` (see benches/README.md). Settings:
 //! `LOAD_SECS` (per phase, default 5), `LOAD_RATE` (fixed-rate phase,
-//! default 1000 req/s), `LOAD_CONNS` (closed-loop phase, default 32).
+//! default 1000 req/s), `LOAD_ROUNDS` (fixed-rate rounds, default 3, medians
+//! reported), `LOAD_CONNS` (closed-loop phase, default 32).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -284,6 +285,7 @@ fn main() {
     let secs = env_u64("LOAD_SECS", 5);
     let rate = env_u64("LOAD_RATE", 1000);
     let conns = env_u64("LOAD_CONNS", 32);
+    let rounds_n = env_u64("LOAD_ROUNDS", 3).max(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let upstream = start_upstream();
     let (_latch, latch_addr) = start_latch(dir.path(), upstream);
@@ -304,18 +306,46 @@ fn main() {
         .build()
         .expect("rt");
     println!("phase        target   req/s      p50 ms   p99 ms   errors");
-    let mut fixed = Vec::new();
-    let mut closed = Vec::new();
-    for (name, url) in &targets {
-        // Warm up connection pools and caches.
+    // Warm up connection pools and caches.
+    for (_, url) in &targets {
         rt.block_on(closed_loop(url, 4, 1));
-        let r = rt.block_on(fixed_rate(url, rate, secs));
+    }
+    // Fixed-rate rounds interleave the targets, so a passing hiccup of the
+    // shared machine hits one round of each rather than one target.
+    let mut rounds: Vec<Vec<Result>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds_n {
+        for (i, (name, url)) in targets.iter().enumerate() {
+            let r = rt.block_on(fixed_rate(url, rate, secs));
+            println!(
+                "rate={rate:<6} {name:<8} {:>9.0} {:>8.3} {:>8.3} {:>8}   (round {})",
+                r.rps,
+                r.p50_ms,
+                r.p99_ms,
+                r.errors,
+                round + 1
+            );
+            rounds[i].push(r);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let mut fixed = Vec::new();
+    for ((name, _), rs) in targets.iter().zip(rounds) {
+        let r = Result {
+            rps: median(rs.iter().map(|r| r.rps).collect()),
+            p50_ms: median(rs.iter().map(|r| r.p50_ms).collect()),
+            p99_ms: median(rs.iter().map(|r| r.p99_ms).collect()),
+            errors: rs.iter().map(|r| r.errors).sum(),
+        };
         println!(
-            "rate={rate:<6} {name:<8} {:>9.0} {:>8.3} {:>8.3} {:>8}",
+            "median       {name:<8} {:>9.0} {:>8.3} {:>8.3} {:>8}",
             r.rps, r.p50_ms, r.p99_ms, r.errors
         );
         fixed.push((name.to_string(), r));
     }
+    let mut closed = Vec::new();
     for (name, url) in &targets {
         let r = rt.block_on(closed_loop(url, conns, secs));
         println!(

@@ -2,7 +2,8 @@
 //! migrations kept in `PRAGMA user_version`.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -57,6 +58,34 @@ const MIGRATIONS: &[&str] = &[
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     conn: Mutex<Db>,
+    /// Tells the checkpoint thread to stop.
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Copy the WAL back into the database from a separate connection, so the
+/// writer never pays for a checkpoint inside a commit (SQLite's automatic
+/// checkpoint would stall whichever request happened to cross the threshold).
+fn checkpointer(path: std::path::PathBuf, stop: Arc<AtomicBool>) {
+    let conn = match Connection::open(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "checkpoint connection failed; the WAL will grow");
+            return;
+        }
+    };
+    let _ = conn.busy_timeout(std::time::Duration::from_millis(100));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "checkpoint skipped");
+        }
+    }
 }
 
 /// The connection and the tail of the audit chain, guarded together so
@@ -78,7 +107,17 @@ impl SqliteStore {
         }
         let conn = Connection::open(path)
             .with_context(|| format!("opening SQLite database {}", path.display()))?;
-        Self::init(conn).with_context(|| format!("preparing SQLite database {}", path.display()))
+        let store = Self::init(conn)
+            .with_context(|| format!("preparing SQLite database {}", path.display()))?;
+        store
+            .db()?
+            .conn
+            .pragma_update(None, "wal_autocheckpoint", 0)?;
+        let (path, stop) = (path.to_path_buf(), store.stop.clone());
+        std::thread::Builder::new()
+            .name("latch-checkpoint".into())
+            .spawn(move || checkpointer(path, stop))?;
+        Ok(store)
     }
 
     /// A private in-memory database (nothing survives the process).
@@ -119,6 +158,7 @@ impl SqliteStore {
             .unwrap_or((0, audit::GENESIS.to_string()));
         Ok(SqliteStore {
             conn: Mutex::new(Db { conn, tail }),
+            stop: Arc::new(AtomicBool::new(false)),
         })
     }
 
