@@ -73,10 +73,20 @@ async fn readyz(latch: &Latch) -> Response<Body> {
         .map_err(|e| anyhow::anyhow!("{e}"))
         .and_then(|r| r);
     let policy = latch.policy();
+    let reload = match latch.policy_status.lock() {
+        Ok(s) => s.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
     let body = json!({
         "status": if store_ok.is_ok() { "ready" } else { "not_ready" },
         "store": match &store_ok { Ok(()) => "ok".to_string(), Err(e) => format!("error: {e}") },
-        "policy": {"hash": policy.hash(), "evaluator": format!("{:?}", policy.evaluator()).to_lowercase()},
+        "policy": {
+            "hash": policy.hash(),
+            "evaluator": format!("{:?}", policy.evaluator()).to_lowercase(),
+            "reloads": reload.reloads,
+            "last_reload_attempt": reload.last_attempt,
+            "last_reload_error": reload.last_error,
+        },
     });
     let status = if store_ok.is_ok() {
         StatusCode::OK

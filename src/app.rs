@@ -39,6 +39,19 @@ pub struct Inner {
     pub audit: crate::audit::AuditLog,
     /// Wake-ups for held calls.
     pub waiters: crate::gate::Waiters,
+    /// Outcome of the latest policy reload.
+    pub policy_status: std::sync::Mutex<PolicyStatus>,
+}
+
+/// What the latest policy reload did (shown on `/readyz`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PolicyStatus {
+    /// Successful reloads since start.
+    pub reloads: u64,
+    /// Why the latest reload was refused, while the previous set keeps deciding.
+    pub last_error: Option<String>,
+    /// RFC 3339 time of the latest reload attempt.
+    pub last_attempt: Option<String>,
 }
 
 /// Cheap-to-clone handle to the running gate.
@@ -97,6 +110,7 @@ impl Latch {
             store,
             audit,
             waiters: crate::gate::Waiters::default(),
+            policy_status: std::sync::Mutex::new(PolicyStatus::default()),
             config,
         })))
     }
@@ -117,6 +131,123 @@ impl Latch {
         match self.policy.write() {
             Ok(mut p) => *p = set,
             Err(poisoned) => *poisoned.into_inner() = set,
+        }
+    }
+}
+
+impl Latch {
+    /// Compile the policy directory, run its own case tables and `test_*`
+    /// rules, and swap it in only if everything passes. Blocking; returns
+    /// the new hash, or why the working set was kept.
+    pub fn reload_policy(&self) -> Result<String, String> {
+        let result = self.try_reload();
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut status = match self.policy_status.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        status.last_attempt = Some(now);
+        match &result {
+            Ok(hash) => {
+                status.reloads += 1;
+                status.last_error = None;
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(policy = %hash, "policy reloaded");
+            }
+            Err(e) => {
+                status.last_error = Some(e.clone());
+                self.metrics.reloads.with_label_values(&["error"]).inc();
+                tracing::error!(error = %e, policy = self.policy().hash(), "policy reload refused; the previous policy keeps deciding");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<String, String> {
+        let p = &self.config.policy;
+        let with_tests =
+            crate::policy::Sources::read_dir(&p.dir, true).map_err(|e| format!("{e:#}"))?;
+        let candidate = PolicySet::compile(&with_tests, &p.entrypoint, p.timeout)
+            .map_err(|e| format!("{e:#}"))?;
+        let mut results = crate::policy::cases::run(&candidate, &with_tests.cases)
+            .map_err(|e| format!("{e:#}"))?;
+        results.extend(crate::policy::cases::run_rego_tests(&with_tests));
+        let failures: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name)))
+            .collect();
+        if !failures.is_empty() {
+            return Err(format!(
+                "{} policy test(s) failed: {}",
+                failures.len(),
+                failures.join("; ")
+            ));
+        }
+        let serving =
+            PolicySet::load(&p.dir, &p.entrypoint, p.timeout).map_err(|e| format!("{e:#}"))?;
+        if serving.hash() == self.policy().hash() {
+            return Ok(serving.hash().to_string());
+        }
+        let hash = serving.hash().to_string();
+        self.set_policy(serving);
+        Ok(hash)
+    }
+}
+
+/// A cheap fingerprint of a directory tree: names, sizes and modification times.
+pub fn dir_stamp(
+    dir: &std::path::Path,
+) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(path),
+                Ok(m) => out.push((path, m.len(), m.modified().ok())),
+                Err(_) => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reload the policy when files in its directory change (polled once a
+/// second; a change is acted on once the tree is stable for one poll).
+pub async fn watch_policy(latch: Latch, mut stop: watch::Receiver<bool>) {
+    let dir = latch.config.policy.dir.clone();
+    let stamp = |d: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || dir_stamp(&d))
+            .await
+            .ok()
+    };
+    let mut applied = stamp(dir.clone()).await;
+    let mut seen = applied.clone();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let now = stamp(dir.clone()).await;
+        if now != seen {
+            seen = now; // still changing: wait for it to settle
+            continue;
+        }
+        if now != applied {
+            applied = now;
+            let l = latch.clone();
+            let _ = tokio::task::spawn_blocking(move || l.reload_policy()).await;
         }
     }
 }
@@ -182,6 +313,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     crate::gate::recover(&latch)
         .await
         .context("recovering approvals")?;
+    if latch.config.policy.watch {
+        tasks.push(tokio::spawn(watch_policy(latch.clone(), stop_rx.clone())));
+    }
     tasks.push(tokio::spawn(crate::gate::scheduler(
         latch.clone(),
         std::time::Duration::from_millis(200),

@@ -32,6 +32,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "latch: proxy on http://{}  admin on http://{}  (Ctrl-C to stop)",
         running.proxy_addr, running.admin_addr
     );
+    #[cfg(unix)]
+    {
+        // SIGHUP reloads the policy, as operators expect of a daemon.
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            let latch = running.latch.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let l = latch.clone();
+                    let _ = tokio::task::spawn_blocking(move || l.reload_policy()).await;
+                }
+            });
+        }
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;

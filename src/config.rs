@@ -132,6 +132,19 @@ pub struct PolicyConfig {
     pub timeout: Duration,
     /// Headers copied into the input.
     pub input_headers: Vec<HeaderName>,
+    /// Global mode.
+    pub mode: Mode,
+    /// Reload on file changes.
+    pub watch: bool,
+}
+
+/// Whether decisions are enforced or only recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Deny and gate take effect.
+    Enforce,
+    /// Everything is forwarded; what the policy would have done is recorded.
+    Shadow,
 }
 
 /// `[gate]`
@@ -195,6 +208,10 @@ pub struct RouteConfig {
     pub stream_body: bool,
     /// Extra CA bundle for an https upstream.
     pub ca_file: Option<PathBuf>,
+    /// Enforce or shadow.
+    pub mode: Mode,
+    /// Arguments whose values are part of the action class.
+    pub class_args: Vec<String>,
 }
 
 /// Headers the policy sees unless `[policy] input_headers` says otherwise.
@@ -483,7 +500,7 @@ impl Validator<'_> {
             .demo
             .map(|d| self.addr(Some(d.upstream_listen), "demo.upstream_listen", ""));
         let principals = self.principals(raw.principals, env);
-        let routes = self.routes(raw.routes, base, env, &proxy);
+        let routes = self.routes(raw.routes, base, env, &proxy, policy.mode);
         Config {
             path: self.file.clone(),
             proxy,
@@ -570,11 +587,30 @@ impl Validator<'_> {
                 out
             }
         };
+        let mode = self.mode(raw.mode.as_ref(), "policy.mode", Mode::Enforce);
         PolicyConfig {
             dir,
             entrypoint,
             timeout,
             input_headers,
+            mode,
+            watch: raw.watch.unwrap_or(true),
+        }
+    }
+
+    fn mode(&mut self, raw: Option<&Spanned<String>>, key: &str, default: Mode) -> Mode {
+        match raw.map(|s| (s.get_ref().as_str(), s.span())) {
+            None => default,
+            Some(("enforce", _)) => Mode::Enforce,
+            Some(("shadow", _)) => Mode::Shadow,
+            Some((other, span)) => {
+                self.error(
+                    Some(span),
+                    key,
+                    format!("`{other}` must be \"enforce\" or \"shadow\""),
+                );
+                default
+            }
         }
     }
 
@@ -680,6 +716,7 @@ impl Validator<'_> {
         base: &Path,
         env: &dyn Env,
         proxy: &ProxyConfig,
+        proxy_mode: Mode,
     ) -> Vec<RouteConfig> {
         let mut names = HashSet::new();
         let mut prefixes = HashSet::new();
@@ -782,7 +819,10 @@ impl Validator<'_> {
                     "timeout_ms and max_body_bytes must be greater than 0".into(),
                 );
             }
+            let mode = self.mode(r.mode.as_ref(), &format!("{key}.mode"), proxy_mode);
             out.push(RouteConfig {
+                mode,
+                class_args: r.class_args,
                 tool: r.tool.unwrap_or_else(|| r.name.clone()),
                 name: r.name,
                 prefix,

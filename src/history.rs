@@ -51,8 +51,26 @@ pub struct ActionClass {
 impl ActionClass {
     /// Classify a call.
     pub fn new(agent: &str, tool: &str, method: &str, args: &Value) -> ActionClass {
+        Self::with_values(agent, tool, method, args, &[])
+    }
+
+    /// Classify a call where the values of `class_args` also matter (e.g.
+    /// `["to"]`: each new recipient is a new class).
+    pub fn with_values(
+        agent: &str,
+        tool: &str,
+        method: &str,
+        args: &Value,
+        class_args: &[String],
+    ) -> ActionClass {
         let mut shape = String::new();
         shape_of(args, &mut shape);
+        for name in class_args {
+            let v = &args[name.as_str()];
+            if *v != Value::Undefined {
+                shape.push_str(&format!(" {name}={}", v.to_json_str().unwrap_or_default()));
+            }
+        }
         let mut h = Sha256::new();
         for part in [agent, tool, method, shape.as_str()] {
             h.update((part.len() as u64).to_le_bytes());

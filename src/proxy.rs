@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::app::Latch;
+use crate::config::Mode;
 use crate::gate::hold::Step;
 use crate::history::ActionClass;
 use crate::identity::Principal;
@@ -172,7 +173,13 @@ async fn pipeline(
 
     let query = input::parse_query(parts.uri.query());
     let (tool, args) = input::action(&route.config.tool, &body_value, &query);
-    let class = ActionClass::new(&agent.id, &tool, parts.method.as_str(), &args);
+    let class = ActionClass::with_values(
+        &agent.id,
+        &tool,
+        parts.method.as_str(),
+        &args,
+        &route.config.class_args,
+    );
     let stats = latch.history.get(&class);
     let now = chrono::Utc::now();
     let facts = RequestFacts {
@@ -185,11 +192,12 @@ async fn pipeline(
         body_sha256: sha.as_deref(),
         size: buffered.as_ref().map(|b| b.len() as u64).or(declared),
     };
+    let fingerprint = class.fingerprint();
     let doc = input::build(
         &facts,
         &route.input,
         &agent.input,
-        (&tool, args),
+        (&tool, args, &fingerprint),
         &stats,
         now,
     );
@@ -216,9 +224,60 @@ async fn pipeline(
     let decision = eval.decision;
     ctx.outcome = decision.action.as_str();
     ctx.policy_code = Some(decision.code.clone());
-    latch
-        .history
-        .record(&class, decision.action.as_str(), now.timestamp());
+    // Shadow mode: record what the policy would have done, then let the call
+    // through, so a team can watch a new policy before it bites.
+    let shadowed = (route.config.mode == Mode::Shadow && decision.action != Action::Allow)
+        .then_some(decision.action);
+    if let Some(would) = shadowed {
+        ctx.outcome = "shadow";
+        latch
+            .metrics
+            .shadow
+            .with_label_values(&[route.config.name.as_str(), would.as_str()])
+            .inc();
+    }
+    let carried_out = if shadowed.is_some() {
+        "allow"
+    } else {
+        decision.action.as_str()
+    };
+    latch.history.record(&class, carried_out, now.timestamp());
+
+    if let Some(would) = shadowed {
+        let event = decision_event(
+            &ctx.id,
+            &agent,
+            route,
+            &parts,
+            &decoded_path,
+            &decision,
+            sha.as_deref(),
+            policy.hash(),
+        );
+        let event = crate::audit::Event {
+            details: {
+                let mut d = event.details;
+                d["shadow"] = json!(true);
+                d
+            },
+            ..event
+        };
+        latch
+            .audit
+            .record(event)
+            .await
+            .map_err(|_| ProxyError::AuditUnavailable)?;
+        let suffix = path::raw_suffix(parts.uri.path(), &route.config.prefix);
+        let body = match (buffered, streamed) {
+            (Some(b), _) => full(b),
+            (None, Some(s)) => body_limited(s, limit).boxed(),
+            (None, None) => return Err(ProxyError::Internal),
+        };
+        let mut resp = forward(latch, route, parts, &suffix, body, conn).await?;
+        resp.headers_mut()
+            .insert("latch-shadow", HeaderValue::from_static(would.as_str()));
+        return Ok(Step::Answer(resp));
+    }
 
     match decision.action {
         Action::Deny => {
@@ -311,6 +370,30 @@ async fn pipeline(
     }
 }
 
+/// The audit event for an allow/deny decision.
+#[allow(clippy::too_many_arguments)]
+fn decision_event(
+    id: &str,
+    agent: &Principal,
+    route: &Route,
+    parts: &http::request::Parts,
+    path: &str,
+    d: &Decision,
+    body_sha256: Option<&str>,
+    policy: &str,
+) -> crate::audit::Event {
+    crate::audit::Event::new(
+        &agent.id,
+        "decision",
+        id,
+        json!({
+            "action": d.action, "code": d.code, "risk": d.risk, "reasons": d.reasons,
+            "route": route.config.name, "method": parts.method.as_str(), "path": path,
+            "body_sha256": body_sha256, "policy": policy,
+        }),
+    )
+}
+
 /// Append the allow/deny decision to the audit log and wait for the commit.
 #[allow(clippy::too_many_arguments)]
 async fn record(
@@ -324,16 +407,7 @@ async fn record(
     body_sha256: Option<&str>,
     policy: &str,
 ) -> Result<(), ProxyError> {
-    let event = crate::audit::Event::new(
-        &agent.id,
-        "decision",
-        id,
-        json!({
-            "action": d.action, "code": d.code, "risk": d.risk, "reasons": d.reasons,
-            "route": route.config.name, "method": parts.method.as_str(), "path": path,
-            "body_sha256": body_sha256, "policy": policy,
-        }),
-    );
+    let event = decision_event(id, agent, route, parts, path, d, body_sha256, policy);
     latch
         .audit
         .record(event)

@@ -36,6 +36,11 @@ pub struct Metrics {
     pub overrides: IntCounter,
     /// Time to write audit records (with the state they describe).
     pub audit_write: Histogram,
+    /// Calls a shadow-mode route let through that the policy would have
+    /// denied or held, by route and would-be action.
+    pub shadow: IntCounterVec,
+    /// Policy reloads by result (`ok`, `error`).
+    pub reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -110,6 +115,19 @@ impl Metrics {
                 0.1, 0.5,
             ]),
         )?;
+        let shadow = IntCounterVec::new(
+            Opts::new(
+                "latch_shadow_total",
+                "Shadow mode: calls forwarded that the policy would have denied or held",
+            ),
+            &["route", "would"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new("latch_policy_reloads_total", "Policy reloads by result"),
+            &["result"],
+        )?;
+        registry.register(Box::new(shadow.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(approvals_pending.clone()))?;
         registry.register(Box::new(time_to_decision.clone()))?;
         registry.register(Box::new(outcomes.clone()))?;
@@ -136,6 +154,8 @@ impl Metrics {
             executions,
             overrides,
             audit_write,
+            shadow,
+            reloads,
         })
     }
 

@@ -79,6 +79,20 @@ pub async fn handle(latch: &Latch, req: Request<Incoming>) -> Response<Body> {
             }
         }
         (&Method::GET, ["audit"]) => audit(latch, &query).await,
+        (&Method::POST, ["policy", "reload"]) => {
+            let l = latch.clone();
+            match tokio::task::spawn_blocking(move || l.reload_policy()).await {
+                Ok(Ok(hash)) => {
+                    json_response(StatusCode::OK, &json!({"status": "reloaded", "hash": hash}))
+                }
+                Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, "policy_rejected", &e),
+                Err(_) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "reload task failed",
+                ),
+            }
+        }
         (_, ["approvals"] | ["approvals", _] | ["audit"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",

@@ -102,6 +102,10 @@ pub struct RawPolicy {
     pub timeout_ms: Option<Spanned<u64>>,
     /// Request headers (lower-case) copied into `input.request.headers`.
     pub input_headers: Option<Spanned<Vec<String>>>,
+    /// `"enforce"` (default) or `"shadow"`: record what the policy would do, forward anyway.
+    pub mode: Option<Spanned<String>>,
+    /// Reload when files in `dir` change (default true).
+    pub watch: Option<bool>,
 }
 
 /// `[gate]`
@@ -179,4 +183,10 @@ pub struct RawRoute {
     pub stream_body: bool,
     /// Extra PEM CA bundle trusted for this route's https upstream.
     pub ca_file: Option<Spanned<String>>,
+    /// `"enforce"` or `"shadow"`; defaults to `[policy] mode`.
+    pub mode: Option<Spanned<String>>,
+    /// Arguments whose values are part of the action class (e.g. `["to"]`
+    /// makes each new recipient a new class for novelty).
+    #[serde(default)]
+    pub class_args: Vec<String>,
 }

@@ -219,7 +219,7 @@ pub fn build(
     req: &RequestFacts<'_>,
     route: &Value,
     agent: &Value,
-    (tool, args): (&str, Value),
+    (tool, args, class): (&str, Value, &str),
     history: &Stats,
     now: DateTime<Utc>,
 ) -> Value {
@@ -269,7 +269,11 @@ pub fn build(
         ("agent", agent.clone()),
         (
             "action",
-            object([("tool", Value::from(tool)), ("args", args)]),
+            object([
+                ("tool", Value::from(tool)),
+                ("args", args),
+                ("class", Value::from(class)),
+            ]),
         ),
         ("history", history_facts(history)),
         ("now", now_facts(now)),

@@ -242,6 +242,12 @@ prefix = "/broken"
 upstream = "{upstream}"
 
 [[routes]]
+name = "shadowed"
+prefix = "/tools/shadow"
+upstream = "{upstream}"
+mode = "shadow"
+
+[[routes]]
 name = "down"
 prefix = "/tools/down"
 upstream = "http://127.0.0.1:9"
