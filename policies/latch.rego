@@ -29,6 +29,11 @@ default value_info := null
 
 value_info := {"amount": amount, "currency": currency}
 
+# ---- learned classes -----------------------------------------------------------
+# Action classes humans approved again and again without objection, proposed by
+# `latch insights --write` and committed (after review) as data/learned.json.
+learned := data.latch_learned.auto_approve[input.action.class]
+
 # ---- irreversibility --------------------------------------------------------------
 irreversible if tool.irreversible
 
@@ -99,6 +104,7 @@ gate_findings contains f if {
 gate_findings contains f if {
 	irreversible
 	not tool.value # tools with a value are judged by their amount instead
+	not learned
 	f := {
 		"code": "irreversible", "risk": object.get(tool, "risk", "high"),
 		"reason": sprintf("%s %s cannot be undone", [input.action.tool, input.request.method]),
@@ -108,6 +114,7 @@ gate_findings contains f if {
 gate_findings contains f if {
 	tool.novelty == "gate"
 	input.history.seen == 0
+	not learned
 	f := {
 		"code": "novel", "risk": "medium",
 		"reason": sprintf("first time %s calls %s with arguments of this shape", [input.agent.id, input.action.tool]),
@@ -115,6 +122,11 @@ gate_findings contains f if {
 }
 
 # Informational reasons on an allow.
+notes contains r if {
+	learned
+	r := sprintf("auto-approved: humans approved this action class %v times without objection (learned)", [learned.approved])
+}
+
 notes contains r if {
 	tool
 	input.history.seen == 0

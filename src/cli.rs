@@ -268,6 +268,39 @@ pub fn audit_export(config: &Config, since: Option<&str>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `latch insights`: action classes approved at least `min` times in the
+/// last `days` days without a rejection or modification; with `write`,
+/// the data file that lets the shipped policy stop gating them.
+pub fn insights(config: &Config, min: u64, days: u64, write: Option<&Path>) -> anyhow::Result<()> {
+    let store = crate::app::open_store(config)?;
+    let since = chrono::Utc::now() - chrono::Duration::days(days as i64);
+    let records = audit_records(&*store, 0, usize::MAX, Some(since), None)?;
+    let classes = crate::insights::tally(&records);
+    println!(
+        "{:<34} {:<14} {:<16} {:>5} {:>8} {:>8} {:>8}  shape",
+        "class", "agent", "tool", "gated", "approved", "modified", "rejected"
+    );
+    for (class, s) in &classes {
+        let mark = if s.auto_approvable(min) { "*" } else { " " };
+        println!(
+            "{mark}{class:<33} {:<14} {:<16} {:>5} {:>8} {:>8} {:>8}  {}",
+            s.agent, s.tool, s.gated, s.approved, s.modified, s.rejected, s.shape
+        );
+    }
+    let proposed = classes.values().filter(|s| s.auto_approvable(min)).count();
+    println!("{proposed} class(es) marked * were approved at least {min} times in {days} days with no rejection or modification");
+    if let Some(path) = write {
+        let data = crate::insights::learned_data(&classes, min, days);
+        std::fs::write(path, serde_json::to_string_pretty(&data)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "wrote {}: review it, then commit it as policies/data/learned.json to let the shipped policy auto-approve these classes",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// The config path: `--config` or `latch.toml` in the working directory.
 pub fn config_path(arg: Option<PathBuf>) -> PathBuf {
     arg.unwrap_or_else(|| PathBuf::from("latch.toml"))

@@ -156,16 +156,33 @@ async fn commit(
     Ok(ok)
 }
 
-/// After a committed change: metrics, wake-ups, execution.
+/// After a committed change: metrics, learning, wake-ups, execution.
 fn after_commit(latch: &Latch, before: State, a: &Approval) {
+    let class =
+        crate::history::ActionClass::from_parts(&a.class, &a.agent, &a.tool, &a.class_shape);
     if before == State::Pending && a.state != State::Pending {
         latch
             .metrics
             .approvals_pending
             .with_label_values(&[a.risk().as_str()])
             .dec();
-        let waited = (a.decided_at.unwrap_or_else(now_ms) - a.created_at).max(0) as f64 / 1000.0;
-        latch.metrics.time_to_decision.observe(waited);
+        let waited_ms = (a.decided_at.unwrap_or_else(now_ms) - a.created_at).max(0);
+        latch
+            .metrics
+            .time_to_decision
+            .observe(waited_ms as f64 / 1000.0);
+        // Human verdicts feed `input.history` (approved/rejected, decision
+        // time); break-glass, veto windows and timeouts are not verdicts.
+        let human =
+            a.state == State::Rejected || (a.state == State::Approved && a.outcome.is_none());
+        if let (Some(class), true) = (&class, human) {
+            latch
+                .history
+                .verdict(class, a.state == State::Approved, waited_ms as u64);
+        }
+    }
+    if let (Some(class), State::Executed) = (&class, a.state) {
+        latch.history.executed(class, now_ms() / 1000);
     }
     latch.waiters.wake(&a.id);
     if a.state == State::Approved {

@@ -33,6 +33,8 @@ pub struct Stats {
     pub rejected: u64,
     /// Latest policy action for the class.
     pub last_decision: Option<String>,
+    /// Sum of the time humans took to decide (approved and rejected), ms.
+    pub decision_ms_total: u64,
 }
 
 /// An action class, identified.
@@ -85,6 +87,27 @@ impl ActionClass {
             tool: tool.to_string(),
             shape: format!("{method} {shape}"),
         }
+    }
+
+    /// Rebuild a class from its stored fingerprint and description.
+    pub fn from_parts(
+        fingerprint: &str,
+        agent: &str,
+        tool: &str,
+        shape: &str,
+    ) -> Option<ActionClass> {
+        let bytes: Vec<u8> = (0..fingerprint.len())
+            .step_by(2)
+            .filter_map(|i| fingerprint.get(i..i + 2))
+            .filter_map(|h| u8::from_str_radix(h, 16).ok())
+            .collect();
+        let key: [u8; 16] = bytes.try_into().ok()?;
+        Some(ActionClass {
+            key,
+            agent: agent.to_string(),
+            tool: tool.to_string(),
+            shape: shape.to_string(),
+        })
     }
 
     /// Hex form of the key.
@@ -215,6 +238,27 @@ impl History {
         if self.tx.send(Msg::Row(row)).is_err() {
             tracing::error!("history writer has stopped; history is no longer persisted");
         }
+    }
+
+    /// A human verdict on a gated call of `class`.
+    pub fn verdict(&self, class: &ActionClass, approved: bool, decision_ms: u64) {
+        self.update(class, |s| {
+            if approved {
+                s.approved += 1;
+            } else {
+                s.rejected += 1;
+            }
+            s.decision_ms_total += decision_ms;
+        });
+    }
+
+    /// An approved call of `class` was carried out.
+    pub fn executed(&self, class: &ActionClass, now: i64) {
+        self.update(class, |s| {
+            s.seen += 1;
+            s.first_seen.get_or_insert(now);
+            s.last_seen = Some(now);
+        });
     }
 
     /// Wait until everything recorded so far is in the store.

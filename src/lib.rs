@@ -34,6 +34,7 @@ pub mod demo;
 pub mod gate;
 pub mod history;
 pub mod identity;
+pub mod insights;
 pub mod policy;
 pub mod proxy;
 pub mod server;

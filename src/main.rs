@@ -14,6 +14,8 @@ const USAGE: &str = "usage:
   latch audit verify [--config FILE]    recompute the audit hash chain
   latch audit export [--since RFC3339] [--config FILE]
                                         print audit records as JSON lines
+  latch insights [--min N] [--days D] [--write FILE] [--config FILE]
+                                        classes humans always approve; propose learned data
 The config defaults to ./latch.toml.";
 
 struct Args {
@@ -21,6 +23,9 @@ struct Args {
     config: Option<PathBuf>,
     input: Option<PathBuf>,
     since: Option<String>,
+    min: Option<u64>,
+    days: Option<u64>,
+    write: Option<PathBuf>,
 }
 
 fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -29,6 +34,9 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
         config: None,
         input: None,
         since: None,
+        min: None,
+        days: None,
+        write: None,
     };
     while let Some(a) = raw.next() {
         match a.as_str() {
@@ -37,6 +45,9 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--input" | "-i" => args.input = Some(raw.next().ok_or("--input needs a file")?.into()),
             "--since" => args.since = Some(raw.next().ok_or("--since needs a time")?),
+            "--min" => args.min = Some(number(raw.next(), "--min")?),
+            "--days" => args.days = Some(number(raw.next(), "--days")?),
+            "--write" => args.write = Some(raw.next().ok_or("--write needs a file")?.into()),
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with("--config=") => args.config = Some(s["--config=".len()..].into()),
             s if s.starts_with("--input=") => args.input = Some(s["--input=".len()..].into()),
@@ -45,6 +56,11 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
         }
     }
     Ok(args)
+}
+
+fn number(v: Option<String>, flag: &str) -> Result<u64, String> {
+    v.and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{flag} needs a whole number"))
 }
 
 fn main() -> ExitCode {
@@ -77,6 +93,15 @@ fn main() -> ExitCode {
         ["audit", "verify"] => match cli::load_config(&cli::config_path(args.config)) {
             Err(code) => code,
             Ok(config) => cli::audit_verify(&config),
+        },
+        ["insights"] => match cli::load_config(&cli::config_path(args.config)) {
+            Err(code) => code,
+            Ok(config) => report(cli::insights(
+                &config,
+                args.min.unwrap_or(5),
+                args.days.unwrap_or(30),
+                args.write.as_deref(),
+            )),
         },
         ["audit", "export"] => match cli::load_config(&cli::config_path(args.config)) {
             Err(code) => code,

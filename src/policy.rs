@@ -143,6 +143,7 @@ pub struct PolicySet {
     timer: ExecutionTimerConfig,
     engine: Engine,
     vm: Option<(Arc<Program>, CompiledPolicy, Value)>,
+    sources: Sources,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -213,7 +214,20 @@ impl PolicySet {
             timer,
             engine,
             vm,
+            sources: sources.clone(),
         })
+    }
+
+    /// The same policies with `extra` merged into `data` (for case tables
+    /// that bring their own data, such as a learned-classes fixture).
+    /// Compiled from the sources anew: regorus does not re-plan an engine
+    /// that has already been prepared when data is added afterwards.
+    pub fn with_data(&self, extra: &serde_json::Value) -> anyhow::Result<PolicySet> {
+        let mut sources = self.sources.clone();
+        sources
+            .data
+            .push((PathBuf::from("<case data>"), extra.clone()));
+        Self::compile(&sources, &self.entrypoint, self.timer.limit)
     }
 
     /// Read and compile the policy directory.

@@ -339,6 +339,7 @@ async fn pipeline(
                 body,
                 decision,
                 policy: policy.hash(),
+                class: &class,
                 conn,
             };
             crate::gate::hold::gate(latch, proposal).await

@@ -43,6 +43,8 @@ pub struct Proposal<'a> {
     pub decision: Decision,
     /// Policy set hash.
     pub policy: &'a str,
+    /// The action class.
+    pub class: &'a crate::history::ActionClass,
     /// Connection facts.
     pub conn: &'a ConnInfo,
 }
@@ -136,6 +138,8 @@ pub async fn gate(latch: &Latch, p: Proposal<'_>) -> Result<Step, ProxyError> {
         decided_at: None,
         result: None,
         version: 1,
+        class: p.class.fingerprint(),
+        class_shape: p.class.shape.clone(),
         decision: p.decision,
     };
     let event = Event::new(
@@ -147,6 +151,7 @@ pub async fn gate(latch: &Latch, p: Proposal<'_>) -> Result<Step, ProxyError> {
             "risk": approval.decision.risk, "code": approval.decision.code, "reasons": approval.decision.reasons,
             "approval": spec, "body_sha256": approval.body_sha256, "agent_reason": approval.reason,
             "idempotency_key": approval.idempotency_key, "policy": p.policy,
+            "class": approval.class, "shape": approval.class_shape,
         }),
     );
     let store = latch.store.clone();

@@ -161,6 +161,12 @@ pub struct Approval {
     pub result: Option<StoredResult>,
     /// Optimistic-concurrency version, bumped by every update.
     pub version: i64,
+    /// Action class fingerprint (agent, tool, method, argument shape).
+    #[serde(default)]
+    pub class: String,
+    /// The class's canonical shape, for learning.
+    #[serde(default)]
+    pub class_shape: String,
 }
 
 impl Approval {

@@ -1,7 +1,8 @@
 //! Case tables: policies tested as data.
 //!
-//! A `*.cases.json` file holds `{"base": {…input…}, "cases": [{"name",
-//! "input", "expect"}]}`. Each case's `input` is merged over `base` (objects
+//! A `*.cases.json` file holds `{"base": {…input…}, "data"?: {…},
+//! "cases": [{"name", "input", "expect"}]}` (`data` is merged into the
+//! policy's data for these cases only). Each case's `input` is merged over `base` (objects
 //! merge key by key, anything else replaces), evaluated with both the VM and
 //! the interpreter, and compared with `expect`: a partial decision where
 //! `reasons` lists substrings that must each appear in some reason and every
@@ -20,6 +21,9 @@ use super::PolicySet;
 struct CaseFile {
     #[serde(default)]
     base: Value,
+    /// Extra `data` these cases run with (merged over the policy's own).
+    #[serde(default)]
+    data: Option<Value>,
     cases: Vec<Case>,
 }
 
@@ -61,6 +65,16 @@ pub fn run(set: &PolicySet, files: &[PathBuf]) -> anyhow::Result<Vec<CaseResult>
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         let file: CaseFile = serde_json::from_str(&text)
             .map_err(|e| anyhow!("{}:{}: invalid case table: {e}", f.display(), e.line()))?;
+        let with_data;
+        let set = match &file.data {
+            None => set,
+            Some(data) => {
+                with_data = set
+                    .with_data(data)
+                    .map_err(|e| anyhow!("{}: its `data` does not merge: {e:#}", f.display()))?;
+                &with_data
+            }
+        };
         for case in &file.cases {
             out.push(run_case(set, f, &file.base, case));
         }
@@ -70,7 +84,9 @@ pub fn run(set: &PolicySet, files: &[PathBuf]) -> anyhow::Result<Vec<CaseResult>
 
 fn run_case(set: &PolicySet, file: &Path, base: &Value, case: &Case) -> CaseResult {
     let mut input = base.clone();
-    merge(&mut input, &case.input);
+    if !case.input.is_null() {
+        merge(&mut input, &case.input);
+    }
     let name = format!("{}: {}", file.display(), case.name);
     let fast = set.evaluate(regorus::Value::from(input.clone()));
     let reference = set.evaluate_interpreted(regorus::Value::from(input));

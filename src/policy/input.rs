@@ -211,7 +211,16 @@ pub fn history_facts(s: &Stats) -> Value {
         ("approved", Value::from(s.approved)),
         ("rejected", Value::from(s.rejected)),
         ("last_decision", opt_str(s.last_decision.as_deref())),
+        ("mean_decision_s", mean_decision_s(s)),
     ])
+}
+
+fn mean_decision_s(s: &Stats) -> Value {
+    let decided = s.approved + s.rejected;
+    if decided == 0 {
+        return Value::Null;
+    }
+    Value::from(s.decision_ms_total as f64 / decided as f64 / 1000.0)
 }
 
 /// The whole input document.
@@ -353,10 +362,12 @@ mod tests {
             approved: 1,
             rejected: 0,
             last_decision: Some("allow".into()),
+            decision_ms_total: 2500,
         };
         assert_eq!(
             js(&history_facts(&s)),
-            json!({"seen": 2, "first_seen": "1970-01-01T00:01:41Z", "approved": 1, "rejected": 0, "last_decision": "allow"})
+            json!({"seen": 2, "first_seen": "1970-01-01T00:01:41Z", "approved": 1, "rejected": 0,
+                   "last_decision": "allow", "mean_decision_s": 2.5})
         );
         assert_eq!(
             js(&history_facts(&Stats::default()))["first_seen"],

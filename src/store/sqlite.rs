@@ -53,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
         prev_hash TEXT NOT NULL,
         hash      TEXT NOT NULL
     );",
+    "ALTER TABLE action_history ADD COLUMN decision_ms_total INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// SQLite-backed [`Store`].
@@ -263,7 +264,8 @@ impl Store for SqliteStore {
     fn load_history(&self) -> anyhow::Result<Vec<HistoryRow>> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(
-            "SELECT fingerprint, agent, tool, shape, seen, first_seen, last_seen, approved, rejected, last_decision
+            "SELECT fingerprint, agent, tool, shape, seen, first_seen, last_seen, approved, rejected, last_decision,
+                    decision_ms_total
              FROM action_history",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -279,6 +281,7 @@ impl Store for SqliteStore {
                     approved: r.get::<_, i64>(7)? as u64,
                     rejected: r.get::<_, i64>(8)? as u64,
                     last_decision: r.get(9)?,
+                    decision_ms_total: r.get::<_, i64>(10)? as u64,
                 },
             })
         })?;
@@ -291,12 +294,13 @@ impl Store for SqliteStore {
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO action_history
-                   (fingerprint, agent, tool, shape, seen, first_seen, last_seen, approved, rejected, last_decision)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                   (fingerprint, agent, tool, shape, seen, first_seen, last_seen, approved, rejected, last_decision,
+                    decision_ms_total)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT(fingerprint) DO UPDATE SET
                    seen = excluded.seen, first_seen = excluded.first_seen, last_seen = excluded.last_seen,
                    approved = excluded.approved, rejected = excluded.rejected,
-                   last_decision = excluded.last_decision",
+                   last_decision = excluded.last_decision, decision_ms_total = excluded.decision_ms_total",
             )?;
             for row in rows {
                 let s = &row.stats;
@@ -311,6 +315,7 @@ impl Store for SqliteStore {
                     s.approved as i64,
                     s.rejected as i64,
                     s.last_decision,
+                    s.decision_ms_total as i64,
                 ])?;
             }
         }
@@ -480,6 +485,7 @@ mod tests {
                 approved: 1,
                 rejected: 0,
                 last_decision: Some("allow".into()),
+                decision_ms_total: 1500,
             },
         }
     }

@@ -282,6 +282,23 @@ impl TestLatch {
         t
     }
 
+    /// Start with the shipped policies (`policies/*.rego` and data).
+    pub async fn start_shipped(upstream: &str, extra: &str) -> TestLatch {
+        let t = Self::start_with(upstream, extra, TEST_POLICY).await;
+        let mut t = t;
+        if let Some(r) = t.running.take() {
+            r.shutdown().await;
+        }
+        let dir = t.dir.path().join("policies");
+        std::fs::remove_file(dir.join("test.rego")).unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        for f in ["latch.rego", "data.json"] {
+            std::fs::copy(shipped.join(f), dir.join(f)).unwrap();
+        }
+        t.boot().await;
+        t
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("latch.toml")
     }
