@@ -34,13 +34,36 @@ fn check_accepts_the_demo_and_every_example() {
     let mut checked = 0;
     for entry in std::fs::read_dir(root().join("examples")).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let o = latch(&["check", "--config", path.to_str().unwrap()], &root());
-            assert!(o.status.success(), "{}: {}", path.display(), text(&o));
+        let config = if path.is_dir() {
+            path.join("latch.toml")
+        } else {
+            path.clone()
+        };
+        if config.extension().is_some_and(|e| e == "toml") && config.exists() {
+            let o = latch(&["check", "--config", config.to_str().unwrap()], &root());
+            assert!(o.status.success(), "{}: {}", config.display(), text(&o));
             checked += 1;
         }
     }
-    assert!(checked > 0);
+    assert!(
+        checked >= 4,
+        "examples/production.toml and three policy packs"
+    );
+}
+
+#[test]
+fn every_example_pack_passes_its_case_tables() {
+    let mut packs = 0;
+    for entry in std::fs::read_dir(root().join("examples")).unwrap() {
+        let policies = entry.unwrap().path().join("policies");
+        if policies.is_dir() {
+            let o = latch(&["policy", "test", policies.to_str().unwrap()], &root());
+            assert!(o.status.success(), "{}: {}", policies.display(), text(&o));
+            assert!(text(&o).contains(" passed, 0 failed"), "{}", text(&o));
+            packs += 1;
+        }
+    }
+    assert_eq!(packs, 3);
 }
 
 #[test]

@@ -303,7 +303,10 @@ async fn the_policy_sees_the_contract_input() {
     );
     assert_eq!(input["agent"], json!({"id": "bot", "roles": ["agent"]}));
     assert_eq!(input["action"]["tool"], "echo");
-    assert_eq!(input["action"]["args"], json!({"echo_input": true, "amount": 5}));
+    assert_eq!(
+        input["action"]["args"],
+        json!({"echo_input": true, "amount": 5})
+    );
     assert_eq!(input["action"]["class"].as_str().unwrap().len(), 32);
     assert_eq!(input["history"]["seen"], 0);
     assert!(input["now"]["unix"].as_i64().unwrap() > 1_700_000_000);
