@@ -440,8 +440,17 @@ fn apply(
 
 /// Cancel a pending approval whose caller went away.
 pub async fn cancel(latch: &Latch, id: &str, why: &str) {
-    for _ in 0..8 {
-        let Ok(a) = load(latch, id).await else { return };
+    for _ in 0..40 {
+        let a = match load(latch, id).await {
+            Ok(a) => a,
+            // The caller left while its call was still being stored: give the
+            // insert a moment to commit, then cancel it.
+            Err(GateError::NotFound) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(_) => return,
+        };
         if a.state != State::Pending {
             return;
         }

@@ -157,12 +157,21 @@ pub async fn gate(latch: &Latch, p: Proposal<'_>) -> Result<Step, ProxyError> {
     let store = latch.store.clone();
     let to_insert = approval.clone();
     let started = std::time::Instant::now();
-    let inserted = blocking(move || store.insert_approval(&to_insert, &event))
-        .await
-        .map_err(|e| {
+    // Armed before the insert: a synchronous caller without a key that goes
+    // away while the call is being stored must still cancel it.
+    let mut guard = CancelOnDrop {
+        latch: latch.clone(),
+        id: approval.id.clone(),
+        armed: idempotency_key.is_none() && !prefer_async,
+    };
+    let inserted = match blocking(move || store.insert_approval(&to_insert, &event)).await {
+        Ok(inserted) => inserted,
+        Err(e) => {
+            guard.armed = false; // nothing was stored
             tracing::error!(error = %e, "storing a gated call failed; refusing it");
-            ProxyError::StoreUnavailable
-        })?;
+            return Err(ProxyError::StoreUnavailable);
+        }
+    };
     latch
         .metrics
         .audit_write
@@ -192,6 +201,8 @@ pub async fn gate(latch: &Latch, p: Proposal<'_>) -> Result<Step, ProxyError> {
             (existing.id.clone(), false)
         }
     };
+    // From here `wait` (or the agent's polling) takes over.
+    guard.armed = false;
     if prefer_async {
         return Ok(Step::Answer(accepted(&id)));
     }
