@@ -1,7 +1,9 @@
 //! The admin listener: the approvals and audit API for humans (`/api/v1`),
-//! health, readiness and Prometheus metrics for SREs.
+//! health, readiness and Prometheus metrics for SREs. Every route is in
+//! [`routes::endpoints`], which is also where `/api/openapi.json` comes from.
 
 mod api;
+pub mod routes;
 
 use std::sync::Arc;
 
@@ -14,27 +16,43 @@ use crate::server::{full, json, Body, ConnInfo};
 
 /// Handle one admin request.
 pub async fn handle(latch: Latch, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
-    let path = req.uri().path();
-    if path.starts_with("/api/v1/") {
-        return api::handle(&latch, req).await;
-    }
-    let resp = match (req.method(), path) {
-        (&Method::GET, "/metrics") => metrics(&latch),
-        (&Method::GET, "/healthz") => json(StatusCode::OK, &json!({"status": "ok"})),
-        (&Method::GET, "/readyz") => readyz(&latch).await,
-        (_, "/metrics" | "/healthz" | "/readyz") => {
+    let table = routes::endpoints();
+    let (op, id) = match routes::resolve(&table, req.method(), req.uri().path()) {
+        routes::Resolved::Found(op, id) => (op, id),
+        routes::Resolved::NotFound => {
+            return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
+        }
+        routes::Resolved::WrongMethod(allowed) => {
+            let allow = allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
             let mut r = error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "use GET",
+                &format!("use {allow}"),
             );
-            r.headers_mut()
-                .insert(http::header::ALLOW, HeaderValue::from_static("GET"));
-            r
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                r.headers_mut().insert(http::header::ALLOW, v);
+            }
+            return r;
         }
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };
-    resp
+    match op {
+        routes::Op::Metrics => metrics(&latch),
+        routes::Op::Healthz => json(StatusCode::OK, &json!({"status": "ok"})),
+        routes::Op::Readyz => readyz(&latch).await,
+        routes::Op::OpenApi => json(StatusCode::OK, &routes::openapi(&table)),
+        routes::Op::ListApprovals
+        | routes::Op::GetApproval
+        | routes::Op::Approve
+        | routes::Op::Reject
+        | routes::Op::Modify
+        | routes::Op::Override
+        | routes::Op::Audit
+        | routes::Op::ReloadPolicy => api::handle(&latch, req, op, id.unwrap_or_default()).await,
+    }
 }
 
 pub(crate) fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {

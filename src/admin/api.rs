@@ -1,11 +1,12 @@
 //! `/api/v1`: approvals and the audit trail, for humans with a bearer token.
 
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::error;
+use super::routes::Op;
 use crate::app::Latch;
 use crate::gate::model::{Approval, State};
 use crate::gate::{self, blocking, Act, GateError};
@@ -15,18 +16,32 @@ use crate::server::{json as json_response, Body};
 /// Largest decision request body.
 const MAX_BODY: usize = 1 << 20;
 
-/// Route an `/api/v1/…` request.
-pub async fn handle(latch: &Latch, req: Request<Incoming>) -> Response<Body> {
+/// Serve an `/api/v1/…` operation (already resolved by the route table).
+pub async fn handle(latch: &Latch, req: Request<Incoming>, op: Op, id: String) -> Response<Body> {
     let human = match authenticate(latch, &req) {
         Ok(p) => p,
         Err(e) => return e.response(),
     };
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
     let query = crate::policy::input::parse_query(req.uri().query());
-    let segments: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
-    match (&method, segments.as_slice()) {
-        (&Method::GET, ["approvals"]) => {
+    let act = |verb| async move {
+        let body = match read_json(req).await {
+            Ok(b) => b,
+            Err(e) => return Err(e.response()),
+        };
+        parse_act(verb, &body)
+            .map_err(|msg| error(StatusCode::UNPROCESSABLE_ENTITY, "invalid", &msg))
+    };
+    let decided = |act: Result<Act, Response<Body>>| async {
+        match act {
+            Err(resp) => resp,
+            Ok(act) => match gate::decide(latch, &id, &human, act).await {
+                Ok(a) => json_response(StatusCode::OK, &view(&a)),
+                Err(e) => gate_error(e),
+            },
+        }
+    };
+    match op {
+        Op::ListApprovals => {
             let state = match query.get("status").and_then(|v| v.first()) {
                 None => None,
                 Some(s) => match State::parse(s) {
@@ -52,34 +67,20 @@ pub async fn handle(latch: &Latch, req: Request<Incoming>) -> Response<Body> {
                 Err(e) => store_error(e),
             }
         }
-        (&Method::GET, ["approvals", id]) => {
+        Op::GetApproval => {
             let store = latch.store.clone();
-            let id = id.to_string();
             match blocking(move || store.approval(&id)).await {
                 Ok(Some(a)) => json_response(StatusCode::OK, &view(&a)),
                 Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such approval"),
                 Err(e) => store_error(e),
             }
         }
-        (&Method::POST, ["approvals", id, verb]) => {
-            let body = match read_json(req).await {
-                Ok(b) => b,
-                Err(e) => return e.response(),
-            };
-            let act = match parse_act(verb, &body) {
-                Ok(Some(a)) => a,
-                Ok(None) => {
-                    return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
-                }
-                Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid", &msg),
-            };
-            match gate::decide(latch, id, &human, act).await {
-                Ok(a) => json_response(StatusCode::OK, &view(&a)),
-                Err(e) => gate_error(e),
-            }
-        }
-        (&Method::GET, ["audit"]) => audit(latch, &query).await,
-        (&Method::POST, ["policy", "reload"]) => {
+        Op::Approve => decided(act("approve").await).await,
+        Op::Reject => decided(act("reject").await).await,
+        Op::Modify => decided(act("modify").await).await,
+        Op::Override => decided(act("override").await).await,
+        Op::Audit => audit(latch, &query).await,
+        Op::ReloadPolicy => {
             let l = latch.clone();
             match tokio::task::spawn_blocking(move || l.reload_policy()).await {
                 Ok(Ok(hash)) => {
@@ -93,17 +94,11 @@ pub async fn handle(latch: &Latch, req: Request<Incoming>) -> Response<Body> {
                 ),
             }
         }
-        (_, ["approvals"] | ["approvals", _] | ["audit"]) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use GET",
+        Op::Healthz | Op::Readyz | Op::Metrics | Op::OpenApi => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "not an API operation",
         ),
-        (_, ["approvals", _, _]) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use POST",
-        ),
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     }
 }
 
@@ -190,11 +185,11 @@ fn text(body: &Value, key: &str) -> Result<Option<String>, String> {
     }
 }
 
-fn parse_act(verb: &str, body: &Value) -> Result<Option<Act>, String> {
+fn parse_act(verb: &str, body: &Value) -> Result<Act, String> {
     if !body.is_object() {
         return Err("body must be a JSON object".into());
     }
-    Ok(Some(match verb {
+    Ok(match verb {
         "approve" => Act::Approve {
             comment: text(body, "comment")?,
         },
@@ -212,8 +207,8 @@ fn parse_act(verb: &str, body: &Value) -> Result<Option<Act>, String> {
         "override" => Act::Override {
             reason: text(body, "reason")?.ok_or("override needs a `reason`")?,
         },
-        _ => return Ok(None),
-    }))
+        other => return Err(format!("unknown decision {other:?}")),
+    })
 }
 
 fn gate_error(e: GateError) -> Response<Body> {

@@ -1,0 +1,404 @@
+//! The admin listener's routes, as data: the router resolves requests
+//! against this table and the OpenAPI document is generated from it, so the
+//! two cannot drift apart.
+
+use http::Method;
+use serde_json::{json, Map, Value};
+
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Liveness.
+    Healthz,
+    /// Readiness with detail.
+    Readyz,
+    /// Prometheus text.
+    Metrics,
+    /// This document.
+    OpenApi,
+    /// List approvals.
+    ListApprovals,
+    /// One approval.
+    GetApproval,
+    /// Approve.
+    Approve,
+    /// Reject.
+    Reject,
+    /// Modify.
+    Modify,
+    /// Break-glass override.
+    Override,
+    /// Audit records.
+    Audit,
+    /// Reload the policy set.
+    ReloadPolicy,
+}
+
+/// One route.
+pub struct Endpoint {
+    /// HTTP method.
+    pub method: Method,
+    /// Path template; `{id}` matches one segment.
+    pub path: &'static str,
+    /// Handler.
+    pub op: Op,
+    /// One-line description.
+    pub summary: &'static str,
+    /// Needs a human's bearer token.
+    pub auth: bool,
+    /// Query parameters: (name, description).
+    pub query: &'static [(&'static str, &'static str)],
+    /// Request body schema (JSON), if any.
+    pub body: Option<&'static str>,
+    /// Success status and the schema name of its body.
+    pub ok: (u16, &'static str),
+}
+
+const DECIDE_ERRORS: &[u16] = &[401, 403, 404, 409, 422, 503];
+
+/// Every admin route.
+pub fn endpoints() -> Vec<Endpoint> {
+    let e = |method, path, op, summary, auth, query, body, ok| Endpoint {
+        method,
+        path,
+        op,
+        summary,
+        auth,
+        query,
+        body,
+        ok,
+    };
+    vec![
+        e(
+            Method::GET,
+            "/healthz",
+            Op::Healthz,
+            "Liveness",
+            false,
+            &[],
+            None,
+            (200, "Status"),
+        ),
+        e(
+            Method::GET,
+            "/readyz",
+            Op::Readyz,
+            "Readiness: store and policy set",
+            false,
+            &[],
+            None,
+            (200, "Ready"),
+        ),
+        e(
+            Method::GET,
+            "/metrics",
+            Op::Metrics,
+            "Prometheus metrics (text format)",
+            false,
+            &[],
+            None,
+            (200, "Metrics"),
+        ),
+        e(
+            Method::GET,
+            "/api/openapi.json",
+            Op::OpenApi,
+            "This document",
+            false,
+            &[],
+            None,
+            (200, "OpenApi"),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/approvals",
+            Op::ListApprovals,
+            "List approvals (pending ones ordered by deadline)",
+            true,
+            &[(
+                "status",
+                "pending, approved, executing, executed, rejected, expired, cancelled or failed",
+            )],
+            None,
+            (200, "ApprovalList"),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/approvals/{id}",
+            Op::GetApproval,
+            "One approval",
+            true,
+            &[],
+            None,
+            (200, "Approval"),
+        ),
+        e(
+            Method::POST,
+            "/api/v1/approvals/{id}/approve",
+            Op::Approve,
+            "Approve the current body",
+            true,
+            &[],
+            Some(r#"{"type": "object", "properties": {"comment": {"type": "string"}}}"#),
+            (200, "Approval"),
+        ),
+        e(
+            Method::POST,
+            "/api/v1/approvals/{id}/reject",
+            Op::Reject,
+            "Reject (the reason is returned to the agent)",
+            true,
+            &[],
+            Some(
+                r#"{"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}, "code": {"type": "string"}}}"#,
+            ),
+            (200, "Approval"),
+        ),
+        e(
+            Method::POST,
+            "/api/v1/approvals/{id}/modify",
+            Op::Modify,
+            "Replace the body; counts as the modifier's approval of the new body",
+            true,
+            &[],
+            Some(
+                r#"{"type": "object", "required": ["body"], "properties": {"body": {}, "comment": {"type": "string"}}}"#,
+            ),
+            (200, "Approval"),
+        ),
+        e(
+            Method::POST,
+            "/api/v1/approvals/{id}/override",
+            Op::Override,
+            "Break-glass: approve now (break-glass roles only, reason required)",
+            true,
+            &[],
+            Some(
+                r#"{"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}}"#,
+            ),
+            (200, "Approval"),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/audit",
+            Op::Audit,
+            "Audit records, oldest first",
+            true,
+            &[
+                ("since", "RFC 3339 time; records at or after it"),
+                ("after", "sequence number; records after it"),
+                ("subject", "only records about this request or approval id"),
+                ("limit", "at most this many (default 1000, max 10000)"),
+            ],
+            None,
+            (200, "AuditPage"),
+        ),
+        e(
+            Method::POST,
+            "/api/v1/policy/reload",
+            Op::ReloadPolicy,
+            "Compile and test the policy directory; swap it in if it passes",
+            true,
+            &[],
+            None,
+            (200, "Reloaded"),
+        ),
+    ]
+}
+
+/// How a request matched the table.
+pub enum Resolved {
+    /// A route, with its `{id}` parameter if any.
+    Found(Op, Option<String>),
+    /// The path exists with other methods.
+    WrongMethod(Vec<Method>),
+    /// No such path.
+    NotFound,
+}
+
+fn matches(template: &str, path: &str) -> Option<Option<String>> {
+    let mut id = None;
+    let mut t = template.split('/');
+    let mut p = path.split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(id),
+            (Some("{id}"), Some(seg)) if !seg.is_empty() => id = Some(seg.to_string()),
+            (Some(a), Some(b)) if a == b => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Find the route for `method` and `path`.
+pub fn resolve(table: &[Endpoint], method: &Method, path: &str) -> Resolved {
+    let mut allowed = Vec::new();
+    for e in table {
+        if let Some(id) = matches(e.path, path) {
+            if e.method == *method {
+                return Resolved::Found(e.op, id);
+            }
+            allowed.push(e.method.clone());
+        }
+    }
+    if allowed.is_empty() {
+        Resolved::NotFound
+    } else {
+        Resolved::WrongMethod(allowed)
+    }
+}
+
+fn schemas() -> Value {
+    json!({
+        "Error": {"type": "object", "required": ["error", "message"],
+                  "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+        "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+        "Ready": {"type": "object", "properties": {"status": {"type": "string"}, "store": {"type": "string"},
+                  "policy": {"type": "object"}}},
+        "Metrics": {"type": "string"},
+        "OpenApi": {"type": "object"},
+        "Vote": {"type": "object", "properties": {"principal": {"type": "string"},
+                 "kind": {"enum": ["approve", "reject"]}, "level": {"type": "integer"},
+                 "body_sha256": {"type": "string"}, "comment": {"type": ["string", "null"]}, "at": {"type": "integer"}}},
+        "Approval": {"type": "object", "required": ["id", "state", "agent", "body_sha256"], "properties": {
+            "id": {"type": "string"},
+            "state": {"enum": ["pending", "approved", "executing", "executed", "rejected", "expired", "cancelled", "failed"]},
+            "agent": {"type": "string"}, "route": {"type": "string"}, "tool": {"type": "string"},
+            "method": {"type": "string"}, "path": {"type": "string"}, "body": {}, "original_body": {},
+            "body_sha256": {"type": "string"}, "decision": {"type": "object"}, "reason": {"type": ["string", "null"]},
+            "level": {"type": "integer"}, "required": {"type": "array"},
+            "votes": {"type": "array", "items": {"$ref": "#/components/schemas/Vote"}},
+            "created_at": {"type": "integer"}, "deadline_ms": {"type": "integer"},
+            "outcome": {"type": ["string", "null"]}, "result": {"type": ["object", "null"]}}},
+        "ApprovalList": {"type": "object", "properties": {"approvals": {"type": "array",
+                         "items": {"$ref": "#/components/schemas/Approval"}}}},
+        "AuditRecord": {"type": "object", "required": ["seq", "ts", "actor", "event", "subject", "details", "prev_hash", "hash"],
+            "properties": {"seq": {"type": "integer"}, "ts": {"type": "string", "format": "date-time"},
+                           "actor": {"type": "string"}, "event": {"type": "string"}, "subject": {"type": "string"},
+                           "details": {}, "prev_hash": {"type": "string"}, "hash": {"type": "string"}}},
+        "AuditPage": {"type": "object", "properties": {"records": {"type": "array",
+                      "items": {"$ref": "#/components/schemas/AuditRecord"}}, "next_after": {"type": ["integer", "null"]}}},
+        "Reloaded": {"type": "object", "properties": {"status": {"type": "string"}, "hash": {"type": "string"}}},
+    })
+}
+
+/// The OpenAPI 3.1 document for `table`.
+pub fn openapi(table: &[Endpoint]) -> Value {
+    let mut paths = Map::new();
+    for e in table {
+        let mut params = Vec::new();
+        if e.path.contains("{id}") {
+            params.push(
+                json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}),
+            );
+        }
+        for (name, description) in e.query {
+            params.push(json!({"name": name, "in": "query", "required": false,
+                               "description": description, "schema": {"type": "string"}}));
+        }
+        let content_type = if e.op == Op::Metrics {
+            "text/plain"
+        } else {
+            "application/json"
+        };
+        let mut responses = Map::new();
+        responses.insert(
+            e.ok.0.to_string(),
+            json!({"description": "OK", "content": {content_type: {"schema": {"$ref": format!("#/components/schemas/{}", e.ok.1)}}}}),
+        );
+        let errors: &[u16] = match (e.auth, e.method == Method::POST) {
+            (true, true) => DECIDE_ERRORS,
+            (true, false) => &[401, 403, 404, 503],
+            (false, _) => &[503],
+        };
+        for code in errors {
+            responses.insert(
+                code.to_string(),
+                json!({"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+            );
+        }
+        let mut op = json!({
+            "operationId": format!("{:?}", e.op),
+            "summary": e.summary,
+            "parameters": params,
+            "responses": responses,
+        });
+        if e.auth {
+            op["security"] = json!([{"bearer": []}]);
+        }
+        if let Some(body) = e.body {
+            let schema: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+            op["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": schema}}});
+        }
+        let entry = paths.entry(e.path.to_string()).or_insert_with(|| json!({}));
+        entry[e.method.as_str().to_ascii_lowercase()] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Latch admin API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Approvals, audit trail, policy reload, health and metrics."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_match_one_segment() {
+        assert_eq!(
+            matches("/api/v1/approvals/{id}", "/api/v1/approvals/abc"),
+            Some(Some("abc".into()))
+        );
+        assert_eq!(
+            matches("/api/v1/approvals/{id}", "/api/v1/approvals/"),
+            None
+        );
+        assert_eq!(
+            matches("/api/v1/approvals/{id}", "/api/v1/approvals/a/b"),
+            None
+        );
+        assert_eq!(matches("/healthz", "/healthz"), Some(None));
+    }
+
+    #[test]
+    fn resolve_reports_wrong_methods() {
+        let t = endpoints();
+        assert!(matches!(
+            resolve(&t, &Method::GET, "/api/v1/approvals/x"),
+            Resolved::Found(Op::GetApproval, Some(_))
+        ));
+        assert!(matches!(
+            resolve(&t, &Method::DELETE, "/api/v1/approvals/x"),
+            Resolved::WrongMethod(_)
+        ));
+        assert!(matches!(
+            resolve(&t, &Method::GET, "/api/v2"),
+            Resolved::NotFound
+        ));
+    }
+
+    #[test]
+    fn every_route_is_documented_once() {
+        let t = endpoints();
+        let doc = openapi(&t);
+        let mut documented = 0;
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                let m: Method = method.to_uppercase().parse().unwrap();
+                assert!(
+                    t.iter().any(|e| e.path == path && e.method == m),
+                    "{method} {path}"
+                );
+                documented += 1;
+            }
+        }
+        assert_eq!(documented, t.len());
+    }
+}
