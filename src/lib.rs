@@ -29,6 +29,7 @@ pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod gate;

@@ -16,6 +16,9 @@ const USAGE: &str = "usage:
                                         print audit records as JSON lines
   latch insights [--min N] [--days D] [--write FILE] [--config FILE]
                                         classes humans always approve; propose learned data
+  latch approvals list [--status S] | show ID | approve ID [--comment C]
+                | reject ID --reason R [--code C] | modify ID --body FILE [--comment C]
+                | override ID --reason R        [--json]  (LATCH_ADMIN_URL, LATCH_TOKEN)
 The config defaults to ./latch.toml.";
 
 struct Args {
@@ -26,6 +29,7 @@ struct Args {
     min: Option<u64>,
     days: Option<u64>,
     write: Option<PathBuf>,
+    api: latch::client::Options,
 }
 
 fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -37,6 +41,7 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
         min: None,
         days: None,
         write: None,
+        api: Default::default(),
     };
     while let Some(a) = raw.next() {
         match a.as_str() {
@@ -48,6 +53,12 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
             "--min" => args.min = Some(number(raw.next(), "--min")?),
             "--days" => args.days = Some(number(raw.next(), "--days")?),
             "--write" => args.write = Some(raw.next().ok_or("--write needs a file")?.into()),
+            "--status" => args.api.status = Some(raw.next().ok_or("--status needs a state")?),
+            "--comment" => args.api.comment = Some(raw.next().ok_or("--comment needs text")?),
+            "--reason" => args.api.reason = Some(raw.next().ok_or("--reason needs text")?),
+            "--code" => args.api.code = Some(raw.next().ok_or("--code needs text")?),
+            "--body" => args.api.body = Some(raw.next().ok_or("--body needs a file")?.into()),
+            "--json" => args.api.json = true,
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with("--config=") => args.config = Some(s["--config=".len()..].into()),
             s if s.starts_with("--input=") => args.input = Some(s["--input=".len()..].into()),
@@ -94,6 +105,32 @@ fn main() -> ExitCode {
             Err(code) => code,
             Ok(config) => cli::audit_verify(&config),
         },
+        ["approvals", verb, rest @ ..] if rest.len() <= 1 => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(latch::client::approvals(
+                verb,
+                rest.first().copied(),
+                &args.api,
+            )) {
+                Ok(out) => {
+                    print!("{out}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
         ["insights"] => match cli::load_config(&cli::config_path(args.config)) {
             Err(code) => code,
             Ok(config) => report(cli::insights(

@@ -1,0 +1,249 @@
+//! `latch approvals …`: the admin API from the command line, for operators
+//! and scripts (`LATCH_ADMIN_URL`, `LATCH_TOKEN`; `--json` for machines).
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+/// What the user asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `list --status`.
+    pub status: Option<String>,
+    /// `approve|modify --comment`.
+    pub comment: Option<String>,
+    /// `reject|override --reason`.
+    pub reason: Option<String>,
+    /// `reject --code`.
+    pub code: Option<String>,
+    /// `modify --body FILE`.
+    pub body: Option<std::path::PathBuf>,
+    /// Print the server's JSON.
+    pub json: bool,
+}
+
+/// An answer from the admin API.
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+async fn request(method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Answer> {
+    let base =
+        std::env::var("LATCH_ADMIN_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".to_string());
+    let token = std::env::var("LATCH_TOKEN")
+        .map_err(|_| anyhow!("set LATCH_TOKEN to your admin bearer token"))?;
+    let uri: Uri = format!("{}{path}", base.trim_end_matches('/'))
+        .parse()
+        .with_context(|| format!("LATCH_ADMIN_URL `{base}` is not a URL"))?;
+    let roots = crate::tls::system_roots();
+    let ca = std::env::var_os("LATCH_CA_FILE").map(std::path::PathBuf::from);
+    let tls = crate::tls::client_config(&roots, ca.as_deref())?;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(payload)))?;
+    let resp = client
+        .request(req)
+        .await
+        .with_context(|| format!("cannot reach the admin API at {base}"))?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Ok(Answer { status, body })
+}
+
+fn ok_or_message(a: Answer) -> anyhow::Result<Value> {
+    if (200..300).contains(&a.status) {
+        Ok(a.body)
+    } else {
+        let message = a.body["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| a.body.to_string());
+        Err(anyhow!(
+            "{} {}: {message}",
+            a.status,
+            a.body["error"].as_str().unwrap_or("error")
+        ))
+    }
+}
+
+fn ago(ms: i64) -> String {
+    let s = (ms - chrono::Utc::now().timestamp_millis()) / 1000;
+    match s {
+        s if s <= 0 => "due".into(),
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
+fn signed(a: &Value) -> String {
+    let votes: Vec<&str> = a["votes"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter(|v| {
+                    v["kind"] == "approve"
+                        && v["body_sha256"] == a["body_sha256"]
+                        && v["level"] == a["level"]
+                })
+                .filter_map(|v| v["principal"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let needs: Vec<String> = a["required"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|r| format!("{}×{}", r["count"], r["role"].as_str().unwrap_or("?")))
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "{} / {}",
+        if votes.is_empty() {
+            "-".into()
+        } else {
+            votes.join(",")
+        },
+        needs.join("+")
+    )
+}
+
+fn table(list: &[Value]) -> String {
+    let mut out = format!(
+        "{:<38} {:<10} {:<9} {:<14} {:<16} {:<8} {}\n",
+        "ID", "STATE", "RISK", "AGENT", "TOOL", "DUE IN", "SIGNED / NEEDS"
+    );
+    for a in list {
+        out.push_str(&format!(
+            "{:<38} {:<10} {:<9} {:<14} {:<16} {:<8} {}\n",
+            a["id"].as_str().unwrap_or("?"),
+            a["state"].as_str().unwrap_or("?"),
+            a["decision"]["risk"].as_str().unwrap_or("?"),
+            a["agent"].as_str().unwrap_or("?"),
+            a["tool"].as_str().unwrap_or("?"),
+            if a["state"] == "pending" {
+                ago(a["deadline_ms"].as_i64().unwrap_or(0))
+            } else {
+                "-".into()
+            },
+            signed(a),
+        ));
+    }
+    out
+}
+
+fn details(a: &Value) -> String {
+    let reasons: Vec<&str> = a["decision"]["reasons"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    format!(
+        "id:        {}\nstate:     {}\nagent:     {}\ncall:      {} {} ({} via route {})\nrisk:      {} ({})\nreasons:   {}\nagent says: {}\nsigned:    {}\noutcome:   {}\nbody:\n{}\n",
+        a["id"].as_str().unwrap_or("?"),
+        a["state"].as_str().unwrap_or("?"),
+        a["agent"].as_str().unwrap_or("?"),
+        a["method"].as_str().unwrap_or("?"),
+        a["path"].as_str().unwrap_or("?"),
+        a["tool"].as_str().unwrap_or("?"),
+        a["route"].as_str().unwrap_or("?"),
+        a["decision"]["risk"].as_str().unwrap_or("?"),
+        a["decision"]["code"].as_str().unwrap_or("?"),
+        reasons.join("; "),
+        a["reason"].as_str().unwrap_or("-"),
+        signed(a),
+        a["outcome"].as_str().unwrap_or("-"),
+        serde_json::to_string_pretty(&a["body"]).unwrap_or_default(),
+    )
+}
+
+/// Run `latch approvals <verb> [ID]`; returns what to print.
+pub async fn approvals(verb: &str, id: Option<&str>, o: &Options) -> anyhow::Result<String> {
+    let need_id = || id.ok_or_else(|| anyhow!("`latch approvals {verb}` needs an approval ID"));
+    let (value, human): (Value, fn(&Value) -> String) = match verb {
+        "list" => {
+            let path = match &o.status {
+                Some(s) => format!("/api/v1/approvals?status={s}"),
+                None => "/api/v1/approvals".to_string(),
+            };
+            let v = ok_or_message(request(Method::GET, &path, None).await?)?;
+            (v, |v| {
+                table(v["approvals"].as_array().map(Vec::as_slice).unwrap_or(&[]))
+            })
+        }
+        "show" => {
+            let v = ok_or_message(
+                request(
+                    Method::GET,
+                    &format!("/api/v1/approvals/{}", need_id()?),
+                    None,
+                )
+                .await?,
+            )?;
+            (v, details)
+        }
+        "approve" | "reject" | "modify" | "override" => {
+            let body = match verb {
+                "approve" => json!({"comment": o.comment}),
+                "reject" => {
+                    json!({"reason": o.reason.clone().ok_or_else(|| anyhow!("reject needs --reason"))?, "code": o.code})
+                }
+                "override" => {
+                    json!({"reason": o.reason.clone().ok_or_else(|| anyhow!("override needs --reason"))?})
+                }
+                _ => {
+                    let file = o
+                        .body
+                        .as_deref()
+                        .ok_or_else(|| anyhow!("modify needs --body FILE"))?;
+                    json!({"body": read_json(file)?, "comment": o.comment})
+                }
+            };
+            let path = format!("/api/v1/approvals/{}/{verb}", need_id()?);
+            let v = ok_or_message(request(Method::POST, &path, Some(body)).await?)?;
+            (v, |v| {
+                format!(
+                    "{} is now {}\n",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["state"].as_str().unwrap_or("?")
+                )
+            })
+        }
+        other => return Err(anyhow!(
+            "unknown approvals command `{other}` (list, show, approve, reject, modify, override)"
+        )),
+    };
+    Ok(if o.json {
+        format!("{}\n", serde_json::to_string_pretty(&value)?)
+    } else {
+        human(&value)
+    })
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{}:{}: not JSON: {e}", path.display(), e.line()))
+}
