@@ -4,6 +4,7 @@
 
 mod api;
 pub mod routes;
+pub mod session;
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use crate::app::Latch;
 use crate::server::{full, json, Body, ConnInfo};
 
 /// Handle one admin request.
-pub async fn handle(latch: Latch, req: Request<Incoming>, _conn: Arc<ConnInfo>) -> Response<Body> {
+pub async fn handle(latch: Latch, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
     let table = routes::endpoints();
     let (op, id) = match routes::resolve(&table, req.method(), req.uri().path()) {
         routes::Resolved::Found(op, id) => (op, id),
@@ -44,6 +45,9 @@ pub async fn handle(latch: Latch, req: Request<Incoming>, _conn: Arc<ConnInfo>) 
         routes::Op::Healthz => json(StatusCode::OK, &json!({"status": "ok"})),
         routes::Op::Readyz => readyz(&latch).await,
         routes::Op::OpenApi => json(StatusCode::OK, &routes::openapi(&table)),
+        routes::Op::Dashboard => dashboard(),
+        routes::Op::Login => login(&latch, req, conn.tls).await,
+        routes::Op::Logout => logout(&latch, req, conn.tls).await,
         routes::Op::ListApprovals
         | routes::Op::GetApproval
         | routes::Op::Approve
@@ -51,8 +55,114 @@ pub async fn handle(latch: Latch, req: Request<Incoming>, _conn: Arc<ConnInfo>) 
         | routes::Op::Modify
         | routes::Op::Override
         | routes::Op::Audit
-        | routes::Op::ReloadPolicy => api::handle(&latch, req, op, id.unwrap_or_default()).await,
+        | routes::Op::ReloadPolicy
+        | routes::Op::Session
+        | routes::Op::Events => api::handle(&latch, req, op, id.unwrap_or_default()).await,
     }
+}
+
+/// The dashboard page: one self-contained file (no CDN, works offline).
+/// Scripts and styles run only with this response's nonce.
+fn dashboard() -> Response<Body> {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let page = include_str!("admin/dashboard.html").replace("{{NONCE}}", &nonce);
+    let mut r = Response::new(full(page));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    let csp = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; \
+         img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(http::header::CONTENT_SECURITY_POLICY, v);
+    }
+    r
+}
+
+fn redirect(location: &'static str, cookie: Option<String>) -> Response<Body> {
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    r.headers_mut()
+        .insert(http::header::LOCATION, HeaderValue::from_static(location));
+    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(http::header::SET_COOKIE, c);
+    }
+    r
+}
+
+async fn form(req: Request<Incoming>) -> Option<crate::policy::input::Query> {
+    use http_body_util::{BodyExt, Limited};
+    let bytes = Limited::new(req.into_body(), 16 * 1024)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    Some(crate::policy::input::parse_query(
+        std::str::from_utf8(&bytes).ok(),
+    ))
+}
+
+fn field(f: &crate::policy::input::Query, name: &str) -> Option<String> {
+    f.get(name).and_then(|v| v.first()).cloned()
+}
+
+/// `POST /login`: a human's bearer token (form field `token`) → session cookie.
+async fn login(latch: &Latch, req: Request<Incoming>, tls: bool) -> Response<Body> {
+    let Some(f) = form(req).await else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_form",
+            "send the token as a form field",
+        );
+    };
+    let token = field(&f, "token").unwrap_or_default();
+    let principal = latch
+        .directory
+        .authenticate(Some(format!("Bearer {}", token.trim()).as_bytes()), None)
+        .ok()
+        .filter(|p| !p.has_role("agent"));
+    match principal {
+        Some(p) => {
+            tracing::info!(principal = %p.id, "dashboard login");
+            let (id, _) = latch.sessions.create(p);
+            redirect("/", Some(session::set_cookie(Some(&id), tls)))
+        }
+        None => redirect("/?login=failed", None),
+    }
+}
+
+/// `POST /logout`: needs the session's CSRF token.
+async fn logout(latch: &Latch, req: Request<Incoming>, tls: bool) -> Response<Body> {
+    let Some((id, s)) = latch.sessions.from_headers(req.headers()) else {
+        return redirect("/", Some(session::set_cookie(None, tls)));
+    };
+    let header = req
+        .headers()
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let presented = match header {
+        Some(h) => Some(h),
+        None => form(req).await.and_then(|f| field(&f, "csrf")),
+    };
+    if !session::csrf_ok(&s, presented.as_deref()) {
+        return error(StatusCode::FORBIDDEN, "csrf", "missing or wrong CSRF token");
+    }
+    latch.sessions.remove(&id);
+    redirect("/", Some(session::set_cookie(None, tls)))
 }
 
 pub(crate) fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {

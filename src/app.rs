@@ -41,6 +41,10 @@ pub struct Inner {
     pub waiters: crate::gate::Waiters,
     /// Outcome of the latest policy reload.
     pub policy_status: std::sync::Mutex<PolicyStatus>,
+    /// Dashboard sessions.
+    pub sessions: crate::admin::session::Sessions,
+    /// Approval changes, for the dashboard's live updates (JSON `{id, state}`).
+    pub events: tokio::sync::broadcast::Sender<String>,
 }
 
 /// What the latest policy reload did (shown on `/readyz`).
@@ -111,6 +115,8 @@ impl Latch {
             audit,
             waiters: crate::gate::Waiters::default(),
             policy_status: std::sync::Mutex::new(PolicyStatus::default()),
+            sessions: Default::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
             config,
         })))
     }

@@ -230,9 +230,11 @@ pub async fn approvals(verb: &str, id: Option<&str>, o: &Options) -> anyhow::Res
                 )
             })
         }
-        other => return Err(anyhow!(
+        other => {
+            return Err(anyhow!(
             "unknown approvals command `{other}` (list, show, approve, reject, modify, override)"
-        )),
+        ))
+        }
     };
     Ok(if o.json {
         format!("{}\n", serde_json::to_string_pretty(&value)?)

@@ -156,6 +156,13 @@ async fn commit(
     Ok(ok)
 }
 
+/// Tell live dashboards that an approval changed (nobody listening is fine).
+pub fn publish(latch: &Latch, a: &Approval) {
+    let _ = latch
+        .events
+        .send(json!({"id": a.id, "state": a.state, "level": a.level}).to_string());
+}
+
 /// After a committed change: metrics, learning, wake-ups, execution.
 fn after_commit(latch: &Latch, before: State, a: &Approval) {
     let class =
@@ -185,6 +192,7 @@ fn after_commit(latch: &Latch, before: State, a: &Approval) {
         latch.history.executed(class, now_ms() / 1000);
     }
     latch.waiters.wake(&a.id);
+    publish(latch, a);
     if a.state == State::Approved {
         let latch = latch.clone();
         let id = a.id.clone();

@@ -1,5 +1,6 @@
 //! `/api/v1`: approvals and the audit trail, for humans with a bearer token.
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -23,6 +24,7 @@ pub async fn handle(latch: &Latch, req: Request<Incoming>, op: Op, id: String) -
         Err(e) => return e.response(),
     };
     let query = crate::policy::input::parse_query(req.uri().query());
+    let headers = req.headers().clone();
     let act = |verb| async move {
         let body = match read_json(req).await {
             Ok(b) => b,
@@ -70,7 +72,21 @@ pub async fn handle(latch: &Latch, req: Request<Incoming>, op: Op, id: String) -
         Op::GetApproval => {
             let store = latch.store.clone();
             match blocking(move || store.approval(&id)).await {
-                Ok(Some(a)) => json_response(StatusCode::OK, &view(&a)),
+                Ok(Some(a)) => {
+                    let mut v = view(&a);
+                    // What humans did with this class before: context for the reviewer.
+                    if let Some(class) = crate::history::ActionClass::from_parts(
+                        &a.class,
+                        &a.agent,
+                        &a.tool,
+                        &a.class_shape,
+                    ) {
+                        let h = latch.history.get(&class);
+                        v["class_history"] =
+                            json!({"seen": h.seen, "approved": h.approved, "rejected": h.rejected});
+                    }
+                    json_response(StatusCode::OK, &v)
+                }
                 Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such approval"),
                 Err(e) => store_error(e),
             }
@@ -94,7 +110,27 @@ pub async fn handle(latch: &Latch, req: Request<Incoming>, op: Op, id: String) -
                 ),
             }
         }
-        Op::Healthz | Op::Readyz | Op::Metrics | Op::OpenApi => error(
+        Op::Session => {
+            let session = latch.sessions.from_headers(&headers).map(|(_, s)| s);
+            let break_glass = latch
+                .config
+                .gate
+                .break_glass_roles
+                .iter()
+                .any(|r| human.has_role(r));
+            json_response(
+                StatusCode::OK,
+                &json!({"principal": human.id, "roles": human.roles, "csrf": session.map(|s| s.csrf), "break_glass": break_glass}),
+            )
+        }
+        Op::Events => events(latch),
+        Op::Healthz
+        | Op::Readyz
+        | Op::Metrics
+        | Op::OpenApi
+        | Op::Dashboard
+        | Op::Login
+        | Op::Logout => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "not an API operation",
@@ -103,14 +139,18 @@ pub async fn handle(latch: &Latch, req: Request<Incoming>, op: Op, id: String) -
 }
 
 /// An API refusal, turned into a JSON answer at the edge.
-struct ApiError {
+pub(super) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(super) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -118,7 +158,7 @@ impl ApiError {
         }
     }
 
-    fn response(self) -> Response<Body> {
+    pub(super) fn response(self) -> Response<Body> {
         let mut r = error(self.status, self.code, &self.message);
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
@@ -130,19 +170,41 @@ impl ApiError {
     }
 }
 
-/// A human principal from the bearer token; agents are refused.
-fn authenticate(
+/// A human principal from the bearer token or, for the dashboard, the
+/// session cookie — in which case a state change must carry the session's
+/// CSRF token. Agents are refused.
+pub(super) fn authenticate(
     latch: &Latch,
     req: &Request<Incoming>,
 ) -> Result<std::sync::Arc<Principal>, ApiError> {
-    let auth = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
-    let p = latch
-        .directory
-        .authenticate(auth, None)
-        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))?;
+    let headers = req.headers();
+    let p = match headers.get(http::header::AUTHORIZATION) {
+        Some(auth) => latch
+            .directory
+            .authenticate(Some(auth.as_bytes()), None)
+            .map_err(|e| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
+            })?,
+        None => {
+            let (_, session) = latch.sessions.from_headers(headers).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "log in or send a bearer token",
+                )
+            })?;
+            let safe = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+            let presented = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+            if !safe && !super::session::csrf_ok(&session, presented) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf",
+                    "missing or wrong CSRF token",
+                ));
+            }
+            session.principal
+        }
+    };
     if p.has_role("agent") {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -256,6 +318,57 @@ pub fn view(a: &Approval) -> Value {
         o.insert("required".into(), json!(a.requirements()));
     }
     v
+}
+
+/// Server-sent events: one `approval` event per change, a comment every
+/// 15 s so proxies keep the stream open; ends when the client goes away.
+fn events(latch: &Latch) -> Response<Body> {
+    let mut rx = latch.events.subscribe();
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let _ = tx.send(Bytes::from_static(b"retry: 2000\n\n")).await;
+        loop {
+            let chunk = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Ok(m) => format!("event: approval\ndata: {m}\n\n"),
+                    // Missed some: tell the page to reload everything.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => "event: resync\ndata: {}\n\n".to_string(),
+                    Err(_) => return,
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => ": keep-alive\n\n".to_string(),
+            };
+            if tx.send(Bytes::from(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(http_body_util::BodyExt::boxed(EventBody(body_rx)));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+struct EventBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for EventBody {
+    type Data = Bytes;
+    type Error = crate::server::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(http_body::Frame::data(b))))
+    }
 }
 
 async fn audit(latch: &Latch, query: &crate::policy::input::Query) -> Response<Body> {

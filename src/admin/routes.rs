@@ -32,6 +32,16 @@ pub enum Op {
     Audit,
     /// Reload the policy set.
     ReloadPolicy,
+    /// The reviewers' dashboard.
+    Dashboard,
+    /// Token login → session cookie.
+    Login,
+    /// End the session.
+    Logout,
+    /// Who is logged in, and the CSRF token.
+    Session,
+    /// Server-sent events: approval changes.
+    Events,
 }
 
 /// One route.
@@ -69,6 +79,58 @@ pub fn endpoints() -> Vec<Endpoint> {
         ok,
     };
     vec![
+        e(
+            Method::GET,
+            "/",
+            Op::Dashboard,
+            "The reviewers' dashboard (HTML)",
+            false,
+            &[],
+            None,
+            (200, "Html"),
+        ),
+        e(
+            Method::POST,
+            "/login",
+            Op::Login,
+            "Log in with a bearer token (form field `token`); sets the session cookie",
+            false,
+            &[],
+            Some(
+                r#"{"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}"#,
+            ),
+            (303, "Empty"),
+        ),
+        e(
+            Method::POST,
+            "/logout",
+            Op::Logout,
+            "End the session (form field `csrf` or header x-csrf-token)",
+            false,
+            &[],
+            Some(r#"{"type": "object", "properties": {"csrf": {"type": "string"}}}"#),
+            (303, "Empty"),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/session",
+            Op::Session,
+            "The logged-in reviewer and the CSRF token",
+            true,
+            &[],
+            None,
+            (200, "SessionInfo"),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/events",
+            Op::Events,
+            "Server-sent events: `approval` with {id, state, level} on every change",
+            true,
+            &[],
+            None,
+            (200, "EventStream"),
+        ),
         e(
             Method::GET,
             "/healthz",
@@ -279,6 +341,12 @@ fn schemas() -> Value {
         "AuditPage": {"type": "object", "properties": {"records": {"type": "array",
                       "items": {"$ref": "#/components/schemas/AuditRecord"}}, "next_after": {"type": ["integer", "null"]}}},
         "Reloaded": {"type": "object", "properties": {"status": {"type": "string"}, "hash": {"type": "string"}}},
+        "Html": {"type": "string"},
+        "Empty": {"type": "string"},
+        "EventStream": {"type": "string"},
+        "SessionInfo": {"type": "object", "properties": {"principal": {"type": "string"},
+                        "roles": {"type": "array", "items": {"type": "string"}}, "csrf": {"type": ["string", "null"]},
+                        "break_glass": {"type": "boolean"}}},
     })
 }
 
@@ -296,17 +364,18 @@ pub fn openapi(table: &[Endpoint]) -> Value {
             params.push(json!({"name": name, "in": "query", "required": false,
                                "description": description, "schema": {"type": "string"}}));
         }
-        let content_type = if e.op == Op::Metrics {
-            "text/plain"
-        } else {
-            "application/json"
+        let content_type = match e.op {
+            Op::Metrics => "text/plain",
+            Op::Dashboard => "text/html",
+            Op::Events => "text/event-stream",
+            _ => "application/json",
         };
         let mut responses = Map::new();
         responses.insert(
             e.ok.0.to_string(),
             json!({"description": "OK", "content": {content_type: {"schema": {"$ref": format!("#/components/schemas/{}", e.ok.1)}}}}),
         );
-        let errors: &[u16] = match (e.auth, e.method == Method::POST) {
+        let errors: &[u16] = match (e.auth || e.op == Op::Logout, e.method == Method::POST) {
             (true, true) => DECIDE_ERRORS,
             (true, false) => &[401, 403, 404, 503],
             (false, _) => &[503],
@@ -328,8 +397,12 @@ pub fn openapi(table: &[Endpoint]) -> Value {
         }
         if let Some(body) = e.body {
             let schema: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-            op["requestBody"] =
-                json!({"required": true, "content": {"application/json": {"schema": schema}}});
+            let media = if matches!(e.op, Op::Login | Op::Logout) {
+                "application/x-www-form-urlencoded"
+            } else {
+                "application/json"
+            };
+            op["requestBody"] = json!({"required": true, "content": {media: {"schema": schema}}});
         }
         let entry = paths.entry(e.path.to_string()).or_insert_with(|| json!({}));
         entry[e.method.as_str().to_ascii_lowercase()] = op;

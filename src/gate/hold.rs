@@ -184,6 +184,7 @@ pub async fn gate(latch: &Latch, p: Proposal<'_>) -> Result<Step, ProxyError> {
                 .with_label_values(&[approval.risk().as_str()])
                 .inc();
             latch.metrics.outcomes.with_label_values(&["gated"]).inc();
+            super::publish(latch, &approval);
             (approval.id.clone(), idempotency_key.is_none())
         }
         Inserted::Existing(existing) => {
