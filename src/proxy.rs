@@ -243,59 +243,44 @@ async fn pipeline(
     };
     latch.history.record(&class, carried_out, now.timestamp());
 
-    if let Some(would) = shadowed {
-        let event = decision_event(
+    // The allow/deny audit record; committed before the call is answered or
+    // sent, so nothing executes unaudited.
+    let sha = sha.as_deref();
+    let event = |d: &Decision, shadow: bool| {
+        crate::audit::Event::new(
+            &agent.id,
+            "decision",
             &ctx.id,
-            &agent,
-            route,
-            &parts,
-            &decoded_path,
-            &decision,
-            sha.as_deref(),
-            policy.hash(),
-        );
-        let event = crate::audit::Event {
-            details: {
-                let mut d = event.details;
-                d["shadow"] = json!(true);
-                d
-            },
-            ..event
-        };
+            json!({
+                "action": d.action, "code": d.code, "risk": d.risk, "reasons": d.reasons,
+                "route": route.config.name, "method": parts.method.as_str(), "path": decoded_path,
+                "body_sha256": sha, "policy": policy.hash(), "shadow": shadow,
+            }),
+        )
+    };
+    let record = |e| async {
         latch
             .audit
-            .record(event)
+            .record(e)
             .await
-            .map_err(|_| ProxyError::AuditUnavailable)?;
-        let suffix = path::raw_suffix(parts.uri.path(), &route.config.prefix);
-        let body = match (buffered, streamed) {
-            (Some(b), _) => full(b),
-            (None, Some(s)) => body_limited(s, limit).boxed(),
-            (None, None) => return Err(ProxyError::Internal),
-        };
-        let mut resp = forward(latch, route, parts, &suffix, body, conn).await?;
-        resp.headers_mut()
-            .insert("latch-shadow", HeaderValue::from_static(would.as_str()));
-        return Ok(Step::Answer(resp));
-    }
+            .map_err(|_| ProxyError::AuditUnavailable)
+    };
 
-    match decision.action {
-        Action::Deny => {
-            record(
-                latch,
-                &ctx.id,
-                &agent,
-                route,
-                &parts,
-                &decoded_path,
-                &decision,
-                sha.as_deref(),
-                policy.hash(),
-            )
-            .await?;
+    match (decision.action, shadowed) {
+        (_, Some(would)) => {
+            record(event(&decision, true)).await?;
+            let body = outgoing(buffered, streamed, limit)?;
+            let suffix = path::raw_suffix(parts.uri.path(), &route.config.prefix);
+            let mut resp = forward(latch, route, parts, &suffix, body, conn).await?;
+            resp.headers_mut()
+                .insert("latch-shadow", HeaderValue::from_static(would.as_str()));
+            Ok(Step::Answer(resp))
+        }
+        (Action::Deny, None) => {
+            record(event(&decision, false)).await?;
             Ok(Step::Answer(deny(&ctx.id, &decision)))
         }
-        Action::Gate => {
+        (Action::Gate, None) => {
             let Some(body) = buffered else {
                 // Approval binds to exact bytes; a streamed body has none to bind.
                 let refused = Decision {
@@ -307,18 +292,7 @@ async fn pipeline(
                     ],
                     ..decision
                 };
-                record(
-                    latch,
-                    &ctx.id,
-                    &agent,
-                    route,
-                    &parts,
-                    &decoded_path,
-                    &refused,
-                    None,
-                    policy.hash(),
-                )
-                .await?;
+                record(event(&refused, false)).await?;
                 ctx.outcome = "deny";
                 return Ok(Step::Answer(deny(&ctx.id, &refused)));
             };
@@ -335,7 +309,9 @@ async fn pipeline(
                 parts: &parts,
                 path: &decoded_path,
                 target,
-                body_sha256: sha.unwrap_or_else(|| body_digest(&body)),
+                body_sha256: sha
+                    .map(str::to_string)
+                    .unwrap_or_else(|| body_digest(&body)),
                 body,
                 decision,
                 policy: policy.hash(),
@@ -344,26 +320,10 @@ async fn pipeline(
             };
             crate::gate::hold::gate(latch, proposal).await
         }
-        Action::Allow => {
-            // Recorded before it is sent: nothing executes unaudited.
-            record(
-                latch,
-                &ctx.id,
-                &agent,
-                route,
-                &parts,
-                &decoded_path,
-                &decision,
-                sha.as_deref(),
-                policy.hash(),
-            )
-            .await?;
+        (Action::Allow, None) => {
+            record(event(&decision, false)).await?;
+            let body = outgoing(buffered, streamed, limit)?;
             let suffix = path::raw_suffix(parts.uri.path(), &route.config.prefix);
-            let body = match (buffered, streamed) {
-                (Some(b), _) => full(b),
-                (None, Some(s)) => body_limited(s, limit).boxed(),
-                (None, None) => return Err(ProxyError::Internal),
-            };
             forward(latch, route, parts, &suffix, body, conn)
                 .await
                 .map(Step::Answer)
@@ -371,49 +331,18 @@ async fn pipeline(
     }
 }
 
-/// The audit event for an allow/deny decision.
-#[allow(clippy::too_many_arguments)]
-fn decision_event(
-    id: &str,
-    agent: &Principal,
-    route: &Route,
-    parts: &http::request::Parts,
-    path: &str,
-    d: &Decision,
-    body_sha256: Option<&str>,
-    policy: &str,
-) -> crate::audit::Event {
-    crate::audit::Event::new(
-        &agent.id,
-        "decision",
-        id,
-        json!({
-            "action": d.action, "code": d.code, "risk": d.risk, "reasons": d.reasons,
-            "route": route.config.name, "method": parts.method.as_str(), "path": path,
-            "body_sha256": body_sha256, "policy": policy,
-        }),
-    )
-}
-
-/// Append the allow/deny decision to the audit log and wait for the commit.
-#[allow(clippy::too_many_arguments)]
-async fn record(
-    latch: &Latch,
-    id: &str,
-    agent: &Principal,
-    route: &Route,
-    parts: &http::request::Parts,
-    path: &str,
-    d: &Decision,
-    body_sha256: Option<&str>,
-    policy: &str,
-) -> Result<(), ProxyError> {
-    let event = decision_event(id, agent, route, parts, path, d, body_sha256, policy);
-    latch
-        .audit
-        .record(event)
-        .await
-        .map_err(|_| ProxyError::AuditUnavailable)
+/// The body to send upstream: the buffered bytes, or the agent's stream
+/// (still bounded by the route's limit).
+fn outgoing(
+    buffered: Option<Bytes>,
+    streamed: Option<Incoming>,
+    limit: u64,
+) -> Result<Body, ProxyError> {
+    match (buffered, streamed) {
+        (Some(b), _) => Ok(full(b)),
+        (None, Some(s)) => Ok(body_limited(s, limit).boxed()),
+        (None, None) => Err(ProxyError::Internal),
+    }
 }
 
 /// Hex SHA-256 of a body; the empty body (every GET) is a constant.
