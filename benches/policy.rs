@@ -9,7 +9,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 
-use latch::policy::{PolicySet, Sources};
+use latch::policy::{input, PolicySet, Sources};
 
 fn input(tool: &str, args: serde_json::Value, seen: u64) -> serde_json::Value {
     json!({
@@ -68,9 +68,47 @@ fn bench(c: &mut Criterion) {
     g.bench_function("vm/trivial_policy", |b| {
         b.iter(|| trivial.evaluate(value.clone()))
     });
-    let (_, doc) = &cases[0];
-    g.bench_function("input/json_to_regorus_value", |b| {
-        b.iter(|| regorus::Value::from(doc.clone()))
+    // Building the input document as the proxy does (regorus values directly).
+    let headers = {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        h.insert("user-agent", http::HeaderValue::from_static("agent/1.0"));
+        h
+    };
+    let allowed: Vec<http::HeaderName> = latch::config::DEFAULT_INPUT_HEADERS
+        .iter()
+        .map(|h| http::HeaderName::from_static(h))
+        .collect();
+    let route = input::route_facts("trade", "http://127.0.0.1:9001/trade", "execute_trade");
+    let agent = input::agent_facts("support-bot", &["agent".to_string()]);
+    let raw = br#"{"symbol": "ACME", "amount": 5000, "currency": "EUR"}"#;
+    g.bench_function("input/build_from_request", |b| {
+        b.iter(|| {
+            let body = input::parse_body(raw);
+            let query = input::parse_query(Some("dry_run=false"));
+            let (tool, args) = input::action("execute_trade", &body, &query);
+            let facts = input::RequestFacts {
+                method: "POST",
+                path: "/tools/trade/orders",
+                query: &query,
+                headers: &headers,
+                allowed_headers: &allowed,
+                body: &body,
+                body_sha256: Some("00"),
+                size: Some(raw.len() as u64),
+            };
+            input::build(
+                &facts,
+                &route,
+                &agent,
+                (&tool, args, "0123"),
+                &Default::default(),
+                chrono::Utc::now(),
+            )
+        })
     });
     g.finish();
 }
