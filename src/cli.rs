@@ -215,21 +215,13 @@ pub fn audit_verify(config: &Config) -> i32 {
             return 1;
         }
     };
-    let mut records = Vec::new();
-    let mut after = 0;
-    loop {
-        match store.audit_after(after, 5000) {
-            Ok(page) if page.is_empty() => break,
-            Ok(page) => {
-                after = page.last().map(|r| r.seq).unwrap_or(after);
-                records.extend(page);
-            }
-            Err(e) => {
-                eprintln!("error: reading the audit log: {e:#}");
-                return 1;
-            }
+    let records = match audit_records(&*store, 0, usize::MAX, None, None) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: reading the audit log: {e:#}");
+            return 1;
         }
-    }
+    };
     match crate::audit::verify(&records) {
         Ok(n) => {
             let head = records

@@ -200,6 +200,8 @@ fn after_commit(latch: &Latch, before: State, a: &Approval) {
     }
 }
 
+/// Whether `actor` may vote on or modify `a` now: a human, not the agent that
+/// asked nor one of its owners, holding a role the current level requires.
 fn check_voter(latch: &Latch, a: &Approval, actor: &Principal) -> Result<(), GateError> {
     if actor.has_role("agent") {
         return Err(GateError::Forbidden(
@@ -222,11 +224,23 @@ fn check_voter(latch: &Latch, a: &Approval, actor: &Principal) -> Result<(), Gat
             actor.id, a.agent
         )));
     }
+    if !a.requirements().iter().any(|r| actor.has_role(&r.role)) {
+        return Err(GateError::Forbidden(format!(
+            "{} holds none of the roles this level needs",
+            actor.id
+        )));
+    }
     Ok(())
 }
 
-fn has_required_role(a: &Approval, actor: &Principal) -> bool {
-    a.requirements().iter().any(|r| actor.has_role(&r.role))
+/// Mark `next` approved if its votes now meet the quorum; returns whether they do.
+fn approve_if_quorum(latch: &Latch, next: &mut Approval, now: i64) -> bool {
+    let met = quorum_met(latch, next);
+    if met {
+        next.state = State::Approved;
+        next.decided_at = Some(now);
+    }
+    met
 }
 
 /// Whether the current level's requirements are met by approvals of the current body.
@@ -335,12 +349,6 @@ fn apply(
         }
         Act::Approve { comment } => {
             check_voter(latch, a, actor)?;
-            if !has_required_role(a, actor) {
-                return Err(GateError::Forbidden(format!(
-                    "{} holds none of the roles this level needs",
-                    actor.id
-                )));
-            }
             let already = a.votes.iter().any(|v| {
                 v.principal == actor.id
                     && v.kind == VoteKind::Approve
@@ -352,11 +360,7 @@ fn apply(
             }
             next.votes
                 .push(vote(VoteKind::Approve, &a.body_sha256, comment.clone()));
-            let met = quorum_met(latch, &next);
-            if met {
-                next.state = State::Approved;
-                next.decided_at = Some(now);
-            }
+            let met = approve_if_quorum(latch, &mut next, now);
             Event::new(
                 &actor.id,
                 "approve",
@@ -366,12 +370,6 @@ fn apply(
         }
         Act::Reject { reason, code } => {
             check_voter(latch, a, actor)?;
-            if !has_required_role(a, actor) {
-                return Err(GateError::Forbidden(format!(
-                    "{} holds none of the roles this level needs",
-                    actor.id
-                )));
-            }
             if reason.trim().is_empty() {
                 return Err(GateError::Invalid("reject needs a reason".into()));
             }
@@ -392,12 +390,6 @@ fn apply(
         }
         Act::Modify { body, comment } => {
             check_voter(latch, a, actor)?;
-            if !has_required_role(a, actor) {
-                return Err(GateError::Forbidden(format!(
-                    "{} holds none of the roles this level needs",
-                    actor.id
-                )));
-            }
             let original = a.original_body.clone().unwrap_or_else(|| a.body.clone());
             let original_json: serde_json::Value =
                 serde_json::from_slice(&original).unwrap_or(serde_json::Value::Null);
@@ -427,11 +419,7 @@ fn apply(
             // Earlier approvals were for other bytes: they no longer count.
             next.votes
                 .push(vote(VoteKind::Approve, &sha, comment.clone()));
-            let met = quorum_met(latch, &next);
-            if met {
-                next.state = State::Approved;
-                next.decided_at = Some(now);
-            }
+            let met = approve_if_quorum(latch, &mut next, now);
             Event::new(
                 &actor.id,
                 "modify",

@@ -184,15 +184,10 @@ impl History {
     pub fn open(store: Arc<dyn Store>) -> anyhow::Result<History> {
         let map = DashMap::new();
         for row in store.load_history()? {
-            let mut key = [0u8; 16];
-            let bytes = (0..row.fingerprint.len())
-                .step_by(2)
-                .filter_map(|i| row.fingerprint.get(i..i + 2))
-                .filter_map(|h| u8::from_str_radix(h, 16).ok())
-                .collect::<Vec<_>>();
-            if bytes.len() == 16 {
-                key.copy_from_slice(&bytes);
-                map.insert(key, row.stats);
+            if let Some(class) =
+                ActionClass::from_parts(&row.fingerprint, &row.agent, &row.tool, &row.shape)
+            {
+                map.insert(class.key, row.stats);
             }
         }
         let (tx, rx) = mpsc::channel();
