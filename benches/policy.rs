@@ -87,9 +87,16 @@ fn bench(c: &mut Criterion) {
     let raw = br#"{"symbol": "ACME", "amount": 5000, "currency": "EUR"}"#;
     g.bench_function("input/build_from_request", |b| {
         b.iter(|| {
-            let body = input::parse_body(raw);
+            let judged = latch::policy::body::judge(
+                &headers,
+                bytes::Bytes::from_static(raw),
+                1 << 20,
+                false,
+            )
+            .unwrap();
+            let body = judged.value;
             let query = input::parse_query(Some("dry_run=false"));
-            let (tool, args) = input::action("execute_trade", &body, &query);
+            let args = input::args(&body, &query);
             let facts = input::RequestFacts {
                 method: "POST",
                 path: "/tools/trade/orders",
@@ -97,6 +104,7 @@ fn bench(c: &mut Criterion) {
                 headers: &headers,
                 allowed_headers: &allowed,
                 body: &body,
+                body_format: judged.format.as_str(),
                 body_sha256: Some("00"),
                 size: Some(raw.len() as u64),
             };
@@ -104,7 +112,7 @@ fn bench(c: &mut Criterion) {
                 &facts,
                 &route,
                 &agent,
-                (&tool, args, "0123"),
+                ("execute_trade", args, "0123"),
                 &Default::default(),
                 chrono::Utc::now(),
             )

@@ -207,6 +207,8 @@ pub struct RouteConfig {
     pub max_body_bytes: u64,
     /// Stream instead of buffering the request body.
     pub stream_body: bool,
+    /// Bodies are forwarded unjudged (`body = "opaque"`, or streamed).
+    pub opaque_body: bool,
     /// Extra CA bundle for an https upstream.
     pub ca_file: Option<PathBuf>,
     /// Enforce or shadow.

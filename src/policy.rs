@@ -7,6 +7,7 @@
 //! timeout, undefined or malformed result — becomes a deny with code
 //! `policy_error`, never an allow.
 
+pub mod body;
 pub mod cases;
 pub mod decision;
 pub mod input;

@@ -28,6 +28,7 @@ use crate::config::Mode;
 use crate::gate::hold::Step;
 use crate::history::ActionClass;
 use crate::identity::Principal;
+use crate::policy::body::{self, Judged};
 use crate::policy::input::{self, RequestFacts};
 use crate::policy::{Action, Decision};
 use crate::server::{full, json as json_response, Body, ConnInfo};
@@ -123,6 +124,11 @@ async fn pipeline(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
+    // The policy and the tool must agree on the method: `delete` is not
+    // `DELETE` to a Rego rule, but many tools treat them alike.
+    if !is_upper_token(req.method().as_str()) {
+        return Err(ProxyError::BadMethod);
+    }
     let decoded_path = path::normalize(req.uri().path())?;
 
     let agent = latch.directory.authenticate(
@@ -144,7 +150,11 @@ async fn pipeline(
     let route = upstream::find(&latch.routes, &decoded_path).ok_or(ProxyError::NoRoute)?;
     ctx.route = Some(route.config.name.clone());
 
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // Hop-by-hop headers (and any named in `Connection`) never reach the
+    // tool, so they are dropped before the policy looks: it judges exactly
+    // the headers the tool will get.
+    headers::strip_hop_by_hop(&mut parts.headers);
     let limit = route.config.max_body_bytes;
     let declared = parts
         .headers
@@ -155,27 +165,39 @@ async fn pipeline(
         return Err(ProxyError::BodyTooLarge(limit));
     }
 
-    // Buffer the body so the policy sees exactly the bytes that will be sent,
-    // unless the route streams (then the policy sees no body).
-    let (buffered, streamed): (Option<Bytes>, Option<Incoming>) = if route.config.stream_body {
+    // Buffer and judge the body so the policy sees exactly the content that
+    // will be sent, unless the route streams (then it is opaque: the policy
+    // is told it sees no body).
+    let (judged, streamed): (Option<Judged>, Option<Incoming>) = if route.config.stream_body {
         (None, Some(body))
     } else {
-        (
-            Some(read_body(body_limited(body, limit), limit).await?),
-            None,
-        )
+        let raw = read_body(body_limited(body, limit), limit).await?;
+        let judged = body::judge(&parts.headers, raw, limit, route.config.opaque_body)?;
+        if judged.decoded {
+            parts.headers.remove(http::header::CONTENT_ENCODING);
+        }
+        // The forwarded bytes may differ from the agent's (decoded, BOM
+        // dropped): their length is stated anew.
+        parts.headers.insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from(judged.bytes.len()),
+        );
+        (Some(judged), None)
     };
-    let body_value = buffered
-        .as_deref()
-        .map(input::parse_body)
-        .unwrap_or(regorus::Value::Null);
-    let sha = buffered.as_deref().map(body_digest);
+    let null = regorus::Value::Null;
+    let (body_value, body_format) = match &judged {
+        Some(j) => (&j.value, j.format),
+        None => (&null, body::Format::Opaque),
+    };
+    let sha = judged.as_ref().map(|j| body_digest(&j.bytes));
 
     let query = input::parse_query(parts.uri.query());
-    let (tool, args) = input::action(&route.config.tool, &body_value, &query);
+    body::check_overlap(body_value, &query)?;
+    let tool = route.config.tool.as_str();
+    let args = input::args(body_value, &query);
     let class = ActionClass::with_values(
         &agent.id,
-        &tool,
+        tool,
         parts.method.as_str(),
         &args,
         &route.config.class_args,
@@ -188,16 +210,17 @@ async fn pipeline(
         query: &query,
         headers: &parts.headers,
         allowed_headers: &latch.config.policy.input_headers,
-        body: &body_value,
+        body: body_value,
+        body_format: body_format.as_str(),
         body_sha256: sha.as_deref(),
-        size: buffered.as_ref().map(|b| b.len() as u64).or(declared),
+        size: judged.as_ref().map(|j| j.bytes.len() as u64).or(declared),
     };
     let fingerprint = class.fingerprint();
     let doc = input::build(
         &facts,
         &route.input,
         &agent.input,
-        (&tool, args, &fingerprint),
+        (tool, args, &fingerprint),
         &stats,
         now,
     );
@@ -266,6 +289,7 @@ async fn pipeline(
             .map_err(|_| ProxyError::AuditUnavailable)
     };
 
+    let buffered = judged.map(|j| j.bytes);
     match (decision.action, shadowed) {
         (_, Some(would)) => {
             record(event(&decision, true)).await?;
@@ -305,7 +329,7 @@ async fn pipeline(
                 id: &ctx.id,
                 agent: &agent,
                 route: &route.config.name,
-                tool: &tool,
+                tool,
                 parts: &parts,
                 path: &decoded_path,
                 target,
@@ -329,6 +353,13 @@ async fn pipeline(
                 .map(Step::Answer)
         }
     }
+}
+
+/// An HTTP method token in upper case (`GET`, `DELETE`, `M-SEARCH`).
+fn is_upper_token(m: &str) -> bool {
+    !m.is_empty()
+        && m.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// The body to send upstream: the buffered bytes, or the agent's stream

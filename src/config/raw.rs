@@ -178,9 +178,13 @@ pub struct RawRoute {
     pub timeout_ms: Option<u64>,
     /// Body limit for this route.
     pub max_body_bytes: Option<u64>,
-    /// Stream the request body instead of buffering it for the policy.
+    /// Stream the request body instead of buffering it for the policy
+    /// (implies `body = "opaque"`).
     #[serde(default)]
     pub stream_body: bool,
+    /// `"parsed"` (default: JSON and forms are judged, other media types
+    /// refused) or `"opaque"` (forwarded unjudged; the policy is told).
+    pub body: Option<Spanned<String>>,
     /// Extra PEM CA bundle trusted for this route's https upstream.
     pub ca_file: Option<Spanned<String>>,
     /// `"enforce"` or `"shadow"`; defaults to `[policy] mode`.

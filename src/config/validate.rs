@@ -531,7 +531,20 @@ impl Validator<'_> {
                 );
             }
             let mode = self.mode(r.mode.as_ref(), &format!("{key}.mode"), proxy_mode);
+            let opaque_body = match r.body.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
+                None | Some(("parsed", _)) => r.stream_body,
+                Some(("opaque", _)) => true,
+                Some((other, span)) => {
+                    self.error(
+                        Some(span),
+                        &format!("{key}.body"),
+                        format!("`{other}` must be \"parsed\" or \"opaque\""),
+                    );
+                    true
+                }
+            };
             out.push(RouteConfig {
+                opaque_body,
                 mode,
                 class_args: r.class_args,
                 tool: r.tool.unwrap_or_else(|| r.name.clone()),

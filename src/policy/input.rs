@@ -1,8 +1,10 @@
 //! The Rego input document (see the contract in `policies/README.md`).
 //!
 //! Built from facts the proxy has already checked: the path is decoded and
-//! unambiguous, headers are allow-listed (never credentials), and the body is
-//! parsed JSON or `null` when it is streamed or not JSON.
+//! unambiguous, hop-by-hop headers are already gone and the rest are
+//! allow-listed (never credentials), and the body is what [`super::body`]
+//! judged — the content the tool will get — or `null` when the route
+//! declares bodies opaque.
 //!
 //! The document is built directly as regorus values: going through
 //! `serde_json::Value` and converting cost more than evaluating the policy.
@@ -29,8 +31,10 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// Headers the policy may see.
     pub allowed_headers: &'a [HeaderName],
-    /// Parsed JSON body (`Value::Null` when absent, streamed or not JSON).
+    /// The judged body (`Value::Null` when absent or opaque).
     pub body: &'a Value,
+    /// How the body was understood (`none`, `json`, `form`, `opaque`).
+    pub body_format: &'a str,
     /// Hex SHA-256 of the body bytes, when buffered.
     pub body_sha256: Option<&'a str>,
     /// Body size in bytes, when known.
@@ -68,30 +72,15 @@ fn opt_str(s: Option<&str>) -> Value {
     s.map(Value::from).unwrap_or(Value::Null)
 }
 
-/// Parse a JSON body into a regorus value; `Null` when it is not JSON.
-pub fn parse_body(bytes: &[u8]) -> Value {
-    if bytes.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null)
-}
-
-/// `(tool, args)` of the action: MCP `tools/call` names its own tool and
-/// arguments; otherwise the route's tool with the JSON body (or, without a
-/// body, the query parameters, single values as strings).
-pub fn action(route_tool: &str, body: &Value, query: &Query) -> (String, Value) {
+/// The action's arguments: the judged body (JSON or form), or, without one,
+/// the query parameters (single values as strings).
+///
+/// The tool is always the route's: on a plain HTTP route nothing the agent
+/// puts in the body (a JSON-RPC envelope, say) can rename the tool the
+/// policy judges.
+pub fn args(body: &Value, query: &Query) -> Value {
     if *body != Value::Null {
-        if body["jsonrpc"] != Value::Undefined && body["method"] == Value::from("tools/call") {
-            let params = &body["params"];
-            if let Ok(name) = params["name"].as_string() {
-                let args = match &params["arguments"] {
-                    Value::Undefined => Value::new_object(),
-                    a => a.clone(),
-                };
-                return (name.to_string(), args);
-            }
-        }
-        return (route_tool.to_string(), body.clone());
+        return body.clone();
     }
     let args = query.iter().map(|(k, values)| {
         let v = match values.as_slice() {
@@ -104,7 +93,7 @@ pub fn action(route_tool: &str, body: &Value, query: &Query) -> (String, Value) 
         };
         (k.as_str(), v)
     });
-    (route_tool.to_string(), object(args))
+    object(args)
 }
 
 /// Parse a query string (`+` is a space, bad escapes are kept literally).
@@ -268,6 +257,7 @@ pub fn build(
         ("query", query),
         ("headers", Value::from(headers)),
         ("body", req.body.clone()),
+        ("body_format", Value::from(req.body_format)),
         ("body_sha256", opt_str(req.body_sha256)),
         ("content_type", opt_str(content_type)),
         ("size", req.size.map(Value::from).unwrap_or(Value::Null)),
@@ -309,35 +299,24 @@ mod tests {
     }
 
     #[test]
-    fn action_from_body_query_and_mcp() {
+    fn args_from_body_or_query() {
         let q = parse_query(Some("q=x&t=1&t=2"));
-        let (tool, args) = action("search", &Value::Null, &q);
-        assert_eq!(tool, "search");
-        assert_eq!(js(&args), json!({"q": "x", "t": ["1", "2"]}));
+        assert_eq!(
+            js(&args(&Value::Null, &q)),
+            json!({"q": "x", "t": ["1", "2"]})
+        );
 
-        let body = parse_body(br#"{"to": "a@b"}"#);
-        let (tool, args) = action("email", &body, &q);
-        assert_eq!((tool.as_str(), js(&args)), ("email", json!({"to": "a@b"})));
+        let body = super::super::body::parse_json(br#"{"to": "a@b"}"#).unwrap();
+        assert_eq!(js(&args(&body, &q)), json!({"to": "a@b"}));
 
-        let mcp = parse_body(
+        // A JSON-RPC envelope on a plain route is just the body: the
+        // agent cannot pick the tool the policy judges.
+        let mcp = super::super::body::parse_json(
             br#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                 "params": {"name": "delete_repo", "arguments": {"repo": "x"}}}"#,
-        );
-        let (tool, args) = action("mcp", &mcp, &q);
-        assert_eq!(
-            (tool.as_str(), js(&args)),
-            ("delete_repo", json!({"repo": "x"}))
-        );
-    }
-
-    #[test]
-    fn bodies_that_are_not_json_are_null() {
-        assert_eq!(parse_body(b""), Value::Null);
-        assert_eq!(parse_body(b"plain text"), Value::Null);
-        assert_eq!(
-            js(&parse_body(b"[1, 2.5, \"x\", null]")),
-            json!([1, 2.5, "x", null])
-        );
+                 "params": {"name": "search", "arguments": {"q": "x"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(js(&args(&mcp, &q))["method"], json!("tools/call"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::path::PathError;
 use crate::identity::AuthError;
+use crate::policy::body::BodyError;
 use crate::server::{json as json_response, Body};
 
 /// A call Latch answers itself with an error.
@@ -18,6 +19,13 @@ pub enum ProxyError {
     /// A method Latch does not proxy (CONNECT).
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A method that is not an upper-case token: `delete` would dodge a
+    /// policy rule on `DELETE` while the tool treats both alike.
+    #[error("methods must be upper-case tokens such as GET or DELETE")]
+    BadMethod,
+    /// A body the policy could not judge faithfully.
+    #[error("{0}")]
+    Body(#[from] BodyError),
     /// No or unknown credentials.
     #[error("{0}")]
     Unauthenticated(#[from] AuthError),
@@ -71,6 +79,14 @@ impl ProxyError {
         match self {
             ProxyError::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_path"),
             ProxyError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ProxyError::BadMethod => (StatusCode::BAD_REQUEST, "bad_method"),
+            ProxyError::Body(BodyError::TooLarge(_)) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+            }
+            ProxyError::Body(e) if e.is_unsupported_media() => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_body")
+            }
+            ProxyError::Body(_) => (StatusCode::BAD_REQUEST, "bad_body"),
             ProxyError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),

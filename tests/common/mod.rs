@@ -263,6 +263,11 @@ impl TestLatch {
     }
 
     pub async fn start_with(upstream: &str, extra: &str, policy: &str) -> TestLatch {
+        Self::start_text(config_text(upstream, extra), policy).await
+    }
+
+    /// Start from a whole config text (see [`config_text`]) and a policy.
+    pub async fn start_text(config_text: String, policy: &str) -> TestLatch {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("policies")).unwrap();
         std::fs::write(dir.path().join("policies/test.rego"), policy).unwrap();
@@ -275,7 +280,7 @@ impl TestLatch {
         let mut t = TestLatch {
             running: None,
             dir,
-            config_text: config_text(upstream, extra),
+            config_text,
             env,
         };
         t.boot().await;

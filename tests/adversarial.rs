@@ -1,0 +1,325 @@
+//! The HTTP-layer suite of the adversarial round (issue 8): one test per
+//! attack vector, named by its number, each checking what reached the
+//! upstream tool — not only the status code the agent got.
+
+mod common;
+
+use std::io::Write;
+
+use bytes::Bytes;
+use http_body_util::Full;
+
+use common::*;
+
+/// A small payments policy: amounts over 100 are denied, deletes are
+/// denied, a dry run (by header) is allowed at any amount, and opaque
+/// bodies are refused when the agent asks for it through the query.
+const POLICY: &str = r#"package latch
+import rego.v1
+
+decision := {"action": "deny", "code": "wrong_tool", "reasons": ["the tool is not the route's"]} if {
+    input.action.tool != input.route.tool
+} else := {"action": "deny", "code": "opaque_body", "reasons": ["opaque body"]} if {
+    input.request.body_format == "opaque"
+    input.request.body == null
+    input.action.args.deny_opaque == "1"
+} else := {"action": "deny", "code": "no_delete", "reasons": ["deletes are not allowed"]} if {
+    input.request.method == "DELETE"
+} else := {"action": "allow", "risk": "low", "code": "dry_run", "reasons": []} if {
+    input.request.headers["x-dry-run"] == "true"
+} else := {"action": "deny", "code": "over_limit", "reasons": ["amount over 100"]} if {
+    to_number(input.action.args.amount) > 100
+} else := {"action": "allow", "risk": "low", "code": "ok", "reasons": []}
+"#;
+
+const ROUTES: &str = r#"
+[[routes]]
+name = "pay"
+prefix = "/tools/pay"
+upstream = "{upstream}"
+tool = "pay"
+
+[[routes]]
+name = "files"
+prefix = "/tools/files"
+upstream = "{upstream}"
+body = "opaque"
+"#;
+
+async fn start(up: &Upstream) -> TestLatch {
+    let text = config_text(&up.url(), &ROUTES.replace("{upstream}", &up.url())).replace(
+        "timeout_ms = 50\n",
+        "timeout_ms = 50\ninput_headers = [\"content-type\", \"x-dry-run\"]\n",
+    );
+    TestLatch::start_text(text, POLICY).await
+}
+
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Answer {
+    let mut req = agent_request("POST", addr, path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(req.body(Full::new(Bytes::from(body))).unwrap()).await
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+#[tokio::test]
+async fn v01_a_json_rpc_envelope_on_a_plain_route_is_judged_as_the_route_tool() {
+    let up = Upstream::start().await;
+    let t = start(&up).await;
+    // Before: `params.name` became the tool and only `params.arguments`
+    // were judged, so the amount beside them went through unseen.
+    let envelope = br#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "search", "arguments": {"q": "x"}}, "amount": 5000}"#;
+    let a = post(t.proxy(), "/tools/pay/send", &[JSON], envelope.to_vec()).await;
+    assert_eq!(a.status, 403, "{:?}", a.body);
+    assert_eq!(a.json()["code"], "over_limit");
+    assert!(up.requests().is_empty(), "the envelope reached the tool");
+
+    // A small one goes through, byte for byte, judged as `pay`.
+    let small =
+        br#"{"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "search"}, "amount": 5}"#;
+    let a = post(t.proxy(), "/tools/pay/send", &[JSON], small.to_vec()).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(&up.requests()[0].body[..], &small[..]);
+}
+
+#[tokio::test]
+async fn v02a_a_leading_bom_is_judged_and_not_forwarded() {
+    let up = Upstream::start().await;
+    let t = start(&up).await;
+    let a = post(
+        t.proxy(),
+        "/tools/pay/x",
+        &[JSON],
+        b"\xEF\xBB\xBF{\"amount\": 5000}".to_vec(),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.json()["code"], "over_limit");
+    assert!(up.requests().is_empty());
+
+    let a = post(
+        t.proxy(),
+        "/tools/pay/x",
+        &[JSON],
+        b"\xEF\xBB\xBF{\"amount\": 5}".to_vec(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let seen = &up.requests()[0];
+    assert_eq!(&seen.body[..], b"{\"amount\": 5}");
+    assert_eq!(seen.headers["content-length"], "13");
+}
+
+#[tokio::test]
+async fn v02b_json_the_parser_cannot_read_faithfully_is_refused() {
+    let up = Upstream::start().await;
+    let t = start(&up).await;
+    let cases: &[(&[u8], u16)] = &[
+        (b"\xFF\xFE{\x00\"\x00a\x00\"\x00:\x001\x00}\x00", 415), // UTF-16
+        (b"{\"amount\": NaN}", 400),
+        (b"{\"amount\": Infinity}", 400),
+        (b"{\"amount\": 1e400}", 400),
+        (b"{\"amount\": 5} {\"amount\": 5000}", 400), // trailing data
+        (b"{\"amount\": 5, \"amount\": 5000}", 400),  // duplicate key
+        (b"{\"amount\": 5", 400),
+    ];
+    for (body, status) in cases {
+        let a = post(t.proxy(), "/tools/pay/x", &[JSON], body.to_vec()).await;
+        assert_eq!(a.status, *status, "{:?}", String::from_utf8_lossy(body));
+        assert!(!a.header("latch-error").is_empty());
+    }
+    assert!(up.requests().is_empty(), "a refused body reached the tool");
+}
+
+#[tokio::test]
+async fn v02c_compressed_bodies_are_decoded_judged_and_sent_decoded() {
+    let up = Upstream::start().await;
+    let t = start(&up).await;
+    let gz = ("content-encoding", "gzip");
+    let a = post(
+        t.proxy(),
+        "/tools/pay/x",
+        &[JSON, gz],
+        gzip(br#"{"amount": 5000}"#),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.json()["code"], "over_limit");
+    assert!(up.requests().is_empty());
+
+    let a = post(
+        t.proxy(),
+        "/tools/pay/x",
+        &[JSON, gz],
+        gzip(br#"{"amount": 5}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let seen = &up.requests()[0];
+    assert_eq!(&seen.body[..], br#"{"amount": 5}"#);
+    assert!(seen.headers.get("content-encoding").is_none());
+
+    // A bomb: 1 KiB limit in the test config, 256 KiB inside.
+    let bomb = gzip(&vec![b' '; 256 << 10]);
+    assert!(bomb.len() < 1024);
+    let a = post(t.proxy(), "/tools/pay/x", &[JSON, gz], bomb).await;
+    assert_eq!(a.status, 413);
+    let a = post(
+        t.proxy(),
+        "/tools/pay/x",
+        &[JSON, ("content-encoding", "zstd")],
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(a.status, 415);
+    assert_eq!(up.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn v02d_form_bodies_become_the_arguments() {
+    let up = Upstream::start().await;
+    let t = start(&up).await;
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let a = post(
+        t.proxy(),
+        "/tools/pay/x",
+        &[form],
+        b"amount=5000&to=x".to_vec(),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.json()["code"], "over_limit");
+    for repeated in [
+        &b"amount=5&amount=5000"[..],
+        b"amount[]=5000",
+        b"amount=%GG",
+    ] {
+        let a = post(t.proxy(), "/tools/pay/x", &[form], repeated.to_vec()).await;
+        assert_eq!(a.status, 400, "{:?}", String::from_utf8_lossy(repeated));
+    }
+    assert!(up.requests().is_empty());
+    let a = post(
+        t.proxy(),
+        "/tools/pay/x",
+        &[form],
+        b"amount=5&to=x".to_vec(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(&up.requests()[0].body[..], b"amount=5&to=x");
+}
+
+#[tokio::test]
+async fn v02e_unjudgeable_media_types_are_refused_unless_the_route_is_opaque() {
+    let up = Upstream::start().await;
+    let t = start(&up).await;
+    let multipart = ("content-type", "multipart/form-data; boundary=XX");
+    let body = b"--XX\r\nContent-Disposition: form-data; name=\"amount\"\r\n\r\n5000\r\n--XX--\r\n"
+        .to_vec();
+    let a = post(t.proxy(), "/tools/pay/x", &[multipart], body.clone()).await;
+    assert_eq!(a.status, 415);
+    assert_eq!(a.header("latch-error"), "unsupported_body");
+    // JSON sent as text/plain: many frameworks parse it anyway.
+    let a = post(
+        t.proxy(),
+        "/tools/pay/x",
+        &[("content-type", "text/plain")],
+        br#"{"amount": 5000}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(a.status, 415);
+    // No content type and not JSON.
+    let a = post(t.proxy(), "/tools/pay/x", &[], b"amount=5000".to_vec()).await;
+    assert_eq!(a.status, 415);
+    assert!(up.requests().is_empty());
+
+    // An opaque route forwards it, and the policy is told it saw no body.
+    let a = post(
+        t.proxy(),
+        "/tools/files/up?deny_opaque=1",
+        &[multipart],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.json()["code"], "opaque_body");
+    let a = post(t.proxy(), "/tools/files/up", &[multipart], body.clone()).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(up.requests()[0].body, body);
+}
+
+#[tokio::test]
+async fn v02f_a_parameter_in_both_query_and_body_is_refused() {
+    let up = Upstream::start().await;
+    let t = start(&up).await;
+    let a = post(
+        t.proxy(),
+        "/tools/pay/x?amount=5000",
+        &[JSON],
+        br#"{"amount": 5}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert!(a.json()["message"].as_str().unwrap().contains("amount"));
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn v03_methods_must_be_upper_case_tokens() {
+    let up = Upstream::start().await;
+    let t = start(&up).await;
+    let req = format!(
+        "delete /tools/pay/1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {AGENT_TOKEN}\r\ncontent-length: 0\r\n\r\n"
+    );
+    assert_eq!(raw_status(t.proxy(), &req).await, 400);
+    assert!(up.requests().is_empty());
+    let req = format!(
+        "DELETE /tools/pay/1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {AGENT_TOKEN}\r\ncontent-length: 0\r\n\r\n"
+    );
+    assert_eq!(raw_status(t.proxy(), &req).await, 403);
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn v08_a_header_named_in_connection_is_not_judged() {
+    let up = Upstream::start().await;
+    let t = start(&up).await;
+    // `x-dry-run: true` would make the policy allow any amount, but the
+    // agent names it in `Connection`, so the tool never gets it: the policy
+    // must not see it either.
+    let a = post(
+        t.proxy(),
+        "/tools/pay/x",
+        &[JSON, ("connection", "x-dry-run"), ("x-dry-run", "true")],
+        br#"{"amount": 5000}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(a.status, 403, "{:?}", a.body);
+    assert_eq!(a.json()["code"], "over_limit");
+    assert!(up.requests().is_empty());
+
+    // Sent plainly it is judged, and the tool gets it.
+    let a = post(
+        t.proxy(),
+        "/tools/pay/x",
+        &[JSON, ("x-dry-run", "true")],
+        br#"{"amount": 5000}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(up.requests()[0].headers["x-dry-run"], "true");
+}
