@@ -29,6 +29,8 @@ pub struct Inner {
     /// Routes with their clients.
     pub routes: Vec<Route>,
     policy: RwLock<Arc<PolicySet>>,
+    /// Threads that evaluate policies, off the async workers.
+    pub evaluators: crate::policy::pool::Evaluators,
     /// Action history.
     pub history: History,
     /// Metrics.
@@ -105,7 +107,11 @@ impl Latch {
         let history = History::open(store.clone()).context("loading action history")?;
         let audit = crate::audit::AuditLog::start(store.clone(), metrics.audit_write.clone())
             .context("starting the audit writer")?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let evaluators = crate::policy::pool::Evaluators::start(threads)
+            .context("starting the policy evaluators")?;
         Ok(Latch(Arc::new(Inner {
+            evaluators,
             directory: Arc::new(Directory::new(&config.principals)),
             routes,
             policy: RwLock::new(Arc::new(policy)),
@@ -119,6 +125,31 @@ impl Latch {
             events: tokio::sync::broadcast::channel(1024).0,
             config,
         })))
+    }
+
+    /// Evaluate `input` against the active policy set, off the async
+    /// workers and within its time limit; records the evaluation metrics.
+    pub async fn evaluate(
+        &self,
+        input: regorus::Value,
+    ) -> (Arc<PolicySet>, crate::policy::Evaluation) {
+        let policy = self.policy();
+        let eval = self.evaluators.evaluate(policy.clone(), input).await;
+        self.metrics.policy_eval.observe(eval.elapsed.as_secs_f64());
+        if let Some(err) = &eval.error {
+            let reason = eval
+                .decision
+                .reasons
+                .first()
+                .map(String::as_str)
+                .unwrap_or("error");
+            self.metrics
+                .policy_errors
+                .with_label_values(&[reason])
+                .inc();
+            tracing::warn!(error = %err, policy = policy.hash(), "policy failed; denying");
+        }
+        (policy, eval)
     }
 
     /// The active policy set.

@@ -9,6 +9,7 @@
 pub mod hold;
 pub mod model;
 pub mod quorum;
+pub mod rejudge;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +109,14 @@ pub enum GateError {
     /// The request is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// The policy denies the call as modified.
+    #[error("the policy denies the modified call ({code}): {}", reasons.join("; "))]
+    PolicyDenied {
+        /// The policy's code.
+        code: String,
+        /// The policy's reasons.
+        reasons: Vec<String>,
+    },
     /// The store or audit log failed; nothing changed.
     #[error("store unavailable")]
     Store(#[source] anyhow::Error),
@@ -200,9 +209,23 @@ fn after_commit(latch: &Latch, before: State, a: &Approval) {
     }
 }
 
-/// Whether `actor` may vote on or modify `a` now: a human, not the agent that
-/// asked nor one of its owners, holding a role the current level requires.
+/// Whether `actor` may vote on or modify `a` now: an independent human
+/// (see [`check_independent`]) holding a role the current level requires.
 fn check_voter(latch: &Latch, a: &Approval, actor: &Principal) -> Result<(), GateError> {
+    check_independent(latch, a, actor)?;
+    if !a.requirements().iter().any(|r| actor.has_role(&r.role)) {
+        return Err(GateError::Forbidden(format!(
+            "{} holds none of the roles this level needs",
+            actor.id
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `actor` may release `a` at all: a human, neither the agent that
+/// asked nor one of its owners. Break-glass needs this too: an owner cannot
+/// override what they may not approve.
+fn check_independent(latch: &Latch, a: &Approval, actor: &Principal) -> Result<(), GateError> {
     if actor.has_role("agent") {
         return Err(GateError::Forbidden(
             "agents cannot decide approvals".into(),
@@ -222,12 +245,6 @@ fn check_voter(latch: &Latch, a: &Approval, actor: &Principal) -> Result<(), Gat
         return Err(GateError::Forbidden(format!(
             "{} owns agent {} and may not decide its calls",
             actor.id, a.agent
-        )));
-    }
-    if !a.requirements().iter().any(|r| actor.has_role(&r.role)) {
-        return Err(GateError::Forbidden(format!(
-            "{} holds none of the roles this level needs",
-            actor.id
         )));
     }
     Ok(())
@@ -270,7 +287,15 @@ pub async fn decide(
         if a.state != State::Pending {
             return Err(GateError::Closed(a.state.as_str()));
         }
-        let (next, events) = apply(latch, &a, actor, &act)?;
+        let rejudged = match &act {
+            Act::Modify { body, .. } => {
+                // Refuse an ineligible modifier before spending an evaluation.
+                check_voter(latch, &a, actor)?;
+                Some(rejudge::rejudge(latch, &a, body).await?)
+            }
+            _ => None,
+        };
+        let (next, events) = apply(latch, &a, actor, &act, rejudged)?;
         if commit(latch, &next, a.version, events).await? {
             let outcome = match (&act, next.state) {
                 (Act::Override { .. }, _) => "overridden",
@@ -301,6 +326,7 @@ fn apply(
     a: &Approval,
     actor: &Principal,
     act: &Act,
+    rejudged: Option<rejudge::Rejudged>,
 ) -> Result<(Approval, Vec<Event>), GateError> {
     let now = now_ms();
     let mut next = a.clone();
@@ -330,11 +356,7 @@ fn apply(
             if reason.trim().is_empty() {
                 return Err(GateError::Invalid("override needs a reason".into()));
             }
-            if actor.id == a.agent {
-                return Err(GateError::Forbidden(
-                    "self-approval is not allowed: you made this request".into(),
-                ));
-            }
+            check_independent(latch, a, actor)?;
             next.state = State::Approved;
             next.decided_at = Some(now);
             next.outcome = Some(format!("break-glass override by {}: {reason}", actor.id));
@@ -390,35 +412,31 @@ fn apply(
         }
         Act::Modify { body, comment } => {
             check_voter(latch, a, actor)?;
-            let original = a.original_body.clone().unwrap_or_else(|| a.body.clone());
-            let original_json: serde_json::Value =
-                serde_json::from_slice(&original).unwrap_or(serde_json::Value::Null);
-            let bytes = serde_json::to_vec(body).map_err(|e| GateError::Invalid(e.to_string()))?;
-            let sha = crate::config::hex(&crate::config::sha256(&bytes));
-            if sha == a.body_sha256 {
+            let Some(judged) = rejudged else {
+                return Err(GateError::Invalid(
+                    "the modified body was not judged".into(),
+                ));
+            };
+            if judged.sha256 == a.body_sha256 {
                 return Err(GateError::Invalid(
                     "the new body is identical to the current one".into(),
                 ));
             }
+            let original = a.original_body.clone().unwrap_or_else(|| a.body.clone());
+            let original_json: serde_json::Value =
+                serde_json::from_slice(&original).unwrap_or(serde_json::Value::Null);
             let previous = a.body_sha256.clone();
             next.original_body = Some(original);
-            next.body = bytes;
-            next.body_sha256 = sha.clone();
-            if let Some(h) = next
-                .headers
-                .iter_mut()
-                .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-            {
-                h.1 = "application/json".into();
-            } else {
-                next.headers
-                    .push(("content-type".into(), "application/json".into()));
-            }
+            next.body = judged.bytes;
+            next.body_sha256 = judged.sha256.clone();
+            // The policy judged the new bytes: its requirements apply from
+            // now on (a stricter gate tightens the quorum before any vote).
+            next.decision = judged.decision;
             next.headers
                 .retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
             // Earlier approvals were for other bytes: they no longer count.
             next.votes
-                .push(vote(VoteKind::Approve, &sha, comment.clone()));
+                .push(vote(VoteKind::Approve, &judged.sha256, comment.clone()));
             let met = approve_if_quorum(latch, &mut next, now);
             Event::new(
                 &actor.id,
@@ -426,7 +444,9 @@ fn apply(
                 &a.id,
                 json!({
                     "level": a.level, "patch": crate::audit::json_patch(&original_json, body),
-                    "body_sha256": sha, "previous_sha256": previous, "comment": comment, "quorum_met": met,
+                    "body_sha256": judged.sha256, "previous_sha256": previous, "comment": comment, "quorum_met": met,
+                    "policy": {"action": judged.verdict.action, "code": judged.verdict.code, "risk": judged.verdict.risk},
+                    "required": next.requirements(),
                 }),
             )
         }

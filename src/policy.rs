@@ -11,6 +11,7 @@ pub mod body;
 pub mod cases;
 pub mod decision;
 pub mod input;
+pub mod pool;
 
 use std::cell::RefCell;
 use std::num::NonZeroU32;
@@ -242,6 +243,11 @@ impl PolicySet {
         &self.hash
     }
 
+    /// The evaluation time limit.
+    pub fn time_limit(&self) -> Duration {
+        self.timer.limit
+    }
+
     /// Which evaluator serves requests.
     pub fn evaluator(&self) -> Evaluator {
         if self.vm.is_some() {
@@ -264,13 +270,13 @@ impl PolicySet {
             },
             None => self.run_interpreter(input),
         };
-        finish(raw, start)
+        finish(raw, start, self.timer.limit)
     }
 
     /// Evaluate with the interpreter (reference semantics; used by tests and `policy eval`).
     pub fn evaluate_interpreted(&self, input: Value) -> Evaluation {
         let start = Instant::now();
-        finish(self.run_interpreter(input), start)
+        finish(self.run_interpreter(input), start, self.timer.limit)
     }
 
     fn run_interpreter(&self, input: Value) -> Result<Value, String> {
@@ -308,10 +314,20 @@ impl PolicySet {
     }
 }
 
-fn finish(raw: Result<Value, String>, start: Instant) -> Evaluation {
+fn finish(raw: Result<Value, String>, start: Instant, limit: Duration) -> Evaluation {
     let elapsed = start.elapsed();
     // (short reason for the agent, full detail for the log)
     let parsed: Result<Decision, (&str, String)> = match raw {
+        // regorus checks its timer between instructions, so one slow builtin
+        // can overrun it and still return: a late answer is never honoured.
+        _ if elapsed > limit => Err((
+            "evaluation timed out",
+            format!(
+                "finished after {} ms, past the {} ms limit",
+                elapsed.as_millis(),
+                limit.as_millis()
+            ),
+        )),
         Err(e) if e.contains("time limit") => Err(("evaluation timed out", e)),
         Err(e) => Err(("evaluation failed", e)),
         Ok(Value::Undefined) => Err(("no decision", "decision is undefined".to_string())),

@@ -225,24 +225,9 @@ async fn pipeline(
         now,
     );
 
-    let policy = latch.policy();
-    let eval = policy.evaluate(doc);
-    latch
-        .metrics
-        .policy_eval
-        .observe(eval.elapsed.as_secs_f64());
-    if let Some(err) = &eval.error {
-        latch
-            .metrics
-            .policy_errors
-            .with_label_values(&[eval
-                .decision
-                .reasons
-                .first()
-                .map(String::as_str)
-                .unwrap_or("error")])
-            .inc();
-        tracing::warn!(request_id = %ctx.id, error = %err, policy = policy.hash(), "policy failed; denying");
+    let (policy, eval) = latch.evaluate(doc).await;
+    if eval.error.is_some() {
+        tracing::warn!(request_id = %ctx.id, "policy failed; denying");
     }
     let decision = eval.decision;
     ctx.outcome = decision.action.as_str();

@@ -323,3 +323,168 @@ async fn v08_a_header_named_in_connection_is_not_judged() {
     assert_eq!(a.status, 200);
     assert_eq!(up.requests()[0].headers["x-dry-run"], "true");
 }
+
+/// Start with the shared test policy (gates on `gate: true`, denies on
+/// `block: true`), optionally with more break-glass roles.
+async fn start_gate(up: &Upstream, break_glass: &str) -> TestLatch {
+    let text = config_text(&up.url(), "").replace(
+        "break_glass_roles = [\"oncall\"]",
+        &format!("break_glass_roles = [{break_glass}]"),
+    );
+    TestLatch::start_text(text, TEST_POLICY).await
+}
+
+async fn gated(t: &TestLatch, body: &str) -> String {
+    let req = agent_request("POST", t.proxy(), "/tools/echo/pay")
+        .header("content-type", "application/json")
+        .header("prefer", "respond-async")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let a = send(req).await;
+    assert_eq!(a.status, 202, "{:?}", a.body);
+    a.json()["approval_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn v04_a_modified_body_goes_back_through_the_policy() {
+    let up = Upstream::start().await;
+    let t = start_gate(&up, "\"oncall\"").await;
+    let one_lead = r#"{"require": [{"role": "lead", "count": 1}]}"#;
+    let id = gated(
+        &t,
+        &format!(r#"{{"gate": true, "approval": {one_lead}, "amount": 1}}"#),
+    )
+    .await;
+    let modify = |body: String| {
+        let path = format!("/api/v1/approvals/{id}/modify");
+        let addr = t.admin();
+        async move {
+            admin(
+                addr,
+                "POST",
+                &path,
+                "alice-token",
+                &format!(r#"{{"body": {body}}}"#),
+            )
+            .await
+        }
+    };
+
+    // Into something the policy denies outright: refused, nothing sent.
+    let a = modify(r#"{"gate": true, "block": true, "amount": 1}"#.into()).await;
+    assert_eq!(a.status, 422, "{:?}", a.body);
+    assert_eq!(a.json()["error"], "policy_denied");
+    assert!(a.json()["message"].as_str().unwrap().contains("blocked"));
+    // Not the call's content type: a JSON object call stays an object.
+    let a = modify("[1, 2]".into()).await;
+    assert_eq!(a.status, 422);
+    assert_eq!(
+        wait_state(t.admin(), &id, "pending").await["votes"],
+        serde_json::json!([])
+    );
+
+    // Into one that needs a director too: the lead's modify alone is not enough.
+    let both = r#"{"require": [{"role": "lead", "count": 1}, {"role": "director", "count": 1}]}"#;
+    let a = modify(format!(
+        r#"{{"gate": true, "approval": {both}, "amount": 2}}"#
+    ))
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.json()["state"], "pending");
+    assert!(
+        up.requests().is_empty(),
+        "executed on the modifier's vote alone"
+    );
+
+    let a = admin(
+        t.admin(),
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        "dave-token",
+        "{}",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    wait_state(t.admin(), &id, "executed").await;
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1);
+    let sent: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(sent["amount"], 2);
+    assert_eq!(seen[0].headers["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn v05_owners_cannot_break_glass_on_their_own_agents_calls() {
+    let up = Upstream::start().await;
+    // carol is a lead and owns `bot`; leads may break glass here.
+    let t = start_gate(&up, "\"oncall\", \"lead\"").await;
+    let id = gated(&t, r#"{"gate": true}"#).await;
+    let path = format!("/api/v1/approvals/{id}/override");
+    let a = admin(
+        t.admin(),
+        "POST",
+        &path,
+        "carol-token",
+        r#"{"reason": "trust me"}"#,
+    )
+    .await;
+    assert_eq!(a.status, 403, "{:?}", a.body);
+    assert!(a.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("owns agent bot"));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(up.requests().is_empty());
+
+    let a = admin(
+        t.admin(),
+        "POST",
+        &path,
+        "alice-token",
+        r#"{"reason": "incident 7"}"#,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    wait_state(t.admin(), &id, "executed").await;
+    assert_eq!(up.requests().len(), 1);
+}
+
+/// One builtin that runs far past a 50 ms limit and then allows.
+const SLOW_POLICY: &str = r#"package latch
+import rego.v1
+
+slow if count(numbers.range(1, 3000000)) > 0
+
+decision := {"action": "allow", "risk": "low", "code": "slow", "reasons": []} if {
+    input.request.path == "/tools/echo/slow-allow"
+    slow
+} else := {"action": "allow", "risk": "low", "code": "ok", "reasons": []}
+"#;
+
+#[tokio::test]
+async fn v09_a_late_evaluation_is_a_deny_and_does_not_stall_other_calls() {
+    let up = Upstream::start().await;
+    let t = TestLatch::start_text(config_text(&up.url(), ""), SLOW_POLICY).await;
+    let addr = t.proxy();
+    let slow =
+        tokio::spawn(async move { call("POST", addr, "/tools/echo/slow-allow", "{}").await });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // The slow evaluation runs on a policy thread, not on the (single, in
+    // this test) async worker: a fast call is answered meanwhile.
+    let fast = call("POST", addr, "/tools/echo/fast", "{}").await;
+    assert_eq!(fast.status, 200);
+    assert!(
+        !slow.is_finished(),
+        "the slow evaluation finished first; the test proves nothing"
+    );
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status, 403, "{:?}", slow.body);
+    assert_eq!(slow.json()["code"], "policy_error");
+    assert_eq!(
+        slow.json()["reasons"][0],
+        "policy error: evaluation timed out"
+    );
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].uri.ends_with("/fast"));
+}

@@ -281,6 +281,7 @@ fn gate_error(e: GateError) -> Response<Body> {
         GateError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         GateError::AlreadyVoted(_) => (StatusCode::CONFLICT, "already_voted"),
         GateError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        GateError::PolicyDenied { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "policy_denied"),
         GateError::Store(err) => return store_error(err),
     };
     error(status, code, &message)

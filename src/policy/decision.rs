@@ -156,6 +156,50 @@ fn default_risk() -> Risk {
 }
 
 impl Decision {
+    /// This gate tightened by `other` (a later judgement of the same call,
+    /// e.g. of a reviewer's modified body) at approval level `level`: the
+    /// higher risk, every requirement of both (per role the larger count),
+    /// the stricter timeout behaviour and mode. Nothing gets looser.
+    pub fn tightened(&self, other: &Decision, level: u32) -> Decision {
+        let mut d = self.clone();
+        d.risk = d.risk.max(other.risk);
+        for r in &other.reasons {
+            if !d.reasons.contains(r) {
+                d.reasons.push(r.clone());
+            }
+        }
+        let (Some(spec), Some(extra)) = (d.approval.as_mut(), other.approval.as_ref()) else {
+            return d;
+        };
+        let current = match level {
+            0 => Some(&mut spec.require),
+            n => spec
+                .escalate
+                .get_mut(n as usize - 1)
+                .map(|e| &mut e.require),
+        };
+        if let Some(require) = current {
+            for r in &extra.require {
+                match require.iter_mut().find(|have| have.role == r.role) {
+                    Some(have) => have.count = have.count.max(r.count),
+                    None => require.push(r.clone()),
+                }
+            }
+        }
+        spec.on_timeout = match (spec.on_timeout, extra.on_timeout) {
+            (OnTimeout::Deny, _) | (_, OnTimeout::Deny) => OnTimeout::Deny,
+            (OnTimeout::Allow, other) => other,
+            (OnTimeout::Escalate, _) => OnTimeout::Escalate,
+        };
+        if spec.on_timeout == OnTimeout::Allow && d.risk >= Risk::High {
+            spec.on_timeout = OnTimeout::Deny;
+        }
+        if extra.mode == Mode::Explicit {
+            spec.mode = Mode::Explicit;
+        }
+        d
+    }
+
     /// The fail-closed deny for any policy failure.
     pub fn policy_error(reason: &str) -> Decision {
         Decision {
@@ -313,6 +357,32 @@ fn kind(v: &Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn gate(v: serde_json::Value) -> Decision {
+        Decision::parse(&Value::from(v)).unwrap()
+    }
+
+    #[test]
+    fn tightening_never_loosens() {
+        let lead = gate(json!({"action": "gate", "risk": "medium", "reasons": ["a"],
+            "approval": {"require": [{"role": "lead", "count": 1}], "on_timeout": "allow", "mode": "veto"}}));
+        let stricter = gate(json!({"action": "gate", "risk": "high", "reasons": ["b"],
+            "approval": {"require": [{"role": "lead", "count": 2}, {"role": "director", "count": 1}]}}));
+        let t = lead.tightened(&stricter, 0);
+        let spec = t.approval.clone().unwrap();
+        assert_eq!(t.risk, Risk::High);
+        assert_eq!(t.reasons, vec!["a", "b"]);
+        assert_eq!(
+            serde_json::to_value(&spec.require).unwrap(),
+            json!([{"role": "lead", "count": 2}, {"role": "director", "count": 1}])
+        );
+        assert_eq!(spec.on_timeout, OnTimeout::Deny);
+        assert_eq!(spec.mode, Mode::Explicit);
+        // The looser one changes nothing.
+        let again = t.tightened(&lead, 0);
+        assert_eq!(again.approval, t.approval);
+        assert_eq!(again.risk, Risk::High);
+    }
 
     #[test]
     fn minimal_allow() {
