@@ -183,11 +183,29 @@ pub async fn approvals(verb: &str, id: Option<&str>, o: &Options) -> anyhow::Res
     let need_id = || id.ok_or_else(|| anyhow!("`latch approvals {verb}` needs an approval ID"));
     let (value, human): (Value, fn(&Value) -> String) = match verb {
         "list" => {
-            let path = match &o.status {
-                Some(s) => format!("/api/v1/approvals?status={s}"),
-                None => "/api/v1/approvals".to_string(),
+            let base = match &o.status {
+                Some(s) => format!("/api/v1/approvals?status={s}&limit=1000"),
+                None => "/api/v1/approvals?limit=1000".to_string(),
             };
-            let v = ok_or_message(request(Method::GET, &path, None).await?)?;
+            // Follow every page: a listing that silently stops is how a
+            // request gets lost in a flood.
+            let mut all = Vec::new();
+            let mut cursor: Option<String> = None;
+            let total = loop {
+                let path = match &cursor {
+                    Some(c) => format!("{base}&cursor={c}"),
+                    None => base.clone(),
+                };
+                let mut page = ok_or_message(request(Method::GET, &path, None).await?)?;
+                if let Some(list) = page["approvals"].as_array_mut() {
+                    all.append(list);
+                }
+                cursor = page["next_cursor"].as_str().map(str::to_string);
+                if cursor.is_none() {
+                    break page["total"].clone();
+                }
+            };
+            let v = json!({"approvals": all, "total": total});
             (v, |v| {
                 table(v["approvals"].as_array().map(Vec::as_slice).unwrap_or(&[]))
             })

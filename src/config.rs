@@ -153,6 +153,8 @@ pub enum Mode {
 pub struct GateConfig {
     /// Roles allowed to break glass.
     pub break_glass_roles: Vec<String>,
+    /// Most approvals one agent may have pending at once.
+    pub max_pending_per_agent: u64,
 }
 
 /// Log format.

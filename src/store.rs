@@ -29,6 +29,62 @@ pub enum Inserted {
     New,
     /// The agent already has an approval with this idempotency key.
     Existing(Box<Approval>),
+    /// The agent already has this many pending approvals (its cap); nothing
+    /// was stored.
+    TooMany(u64),
+}
+
+/// Which approvals to list, one page at a time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApprovalQuery {
+    /// Only this state.
+    pub state: Option<State>,
+    /// Only this agent's.
+    pub agent: Option<String>,
+    /// Continue after this position (from the previous page's last item).
+    pub after: Option<Cursor>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// A position in a listing: pending approvals are ordered by deadline
+/// (soonest first), all others by creation time (newest first); the id
+/// breaks ties, so paging never skips or repeats an approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// Deadline (pending) or creation time (others), Unix milliseconds.
+    pub at: i64,
+    /// Approval id.
+    pub id: String,
+}
+
+impl Cursor {
+    /// Where a listing in `state` continues after `a`.
+    pub fn after(a: &Approval, state: Option<State>) -> Cursor {
+        let at = if state == Some(State::Pending) {
+            a.deadline
+        } else {
+            a.created_at
+        };
+        Cursor {
+            at,
+            id: a.id.clone(),
+        }
+    }
+
+    /// The opaque text form used in the API (`<at>.<id>`).
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.at, self.id)
+    }
+
+    /// Parse [`Cursor::encode`]'s form.
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let (at, id) = s.split_once('.')?;
+        Some(Cursor {
+            at: at.parse().ok()?,
+            id: id.to_string(),
+        })
+    }
 }
 
 /// How durable an audit append must be before it returns.
@@ -57,12 +113,28 @@ pub trait Store: Send + Sync + 'static {
     fn audit_after(&self, after: i64, limit: usize) -> anyhow::Result<Vec<Record>>;
 
     /// Store a new approval and its audit event in one synced transaction,
-    /// unless the agent already used the idempotency key.
-    fn insert_approval(&self, a: &Approval, event: &Event) -> anyhow::Result<Inserted>;
+    /// unless the agent already used the idempotency key or already has
+    /// `max_pending` approvals pending (checked in the same transaction).
+    fn insert_approval(
+        &self,
+        a: &Approval,
+        event: &Event,
+        max_pending: u64,
+    ) -> anyhow::Result<Inserted>;
     /// One approval.
     fn approval(&self, id: &str) -> anyhow::Result<Option<Approval>>;
     /// Approvals in `state` (all when `None`), newest first, at most `limit`.
-    fn approvals(&self, state: Option<State>, limit: usize) -> anyhow::Result<Vec<Approval>>;
+    fn approvals(&self, state: Option<State>, limit: usize) -> anyhow::Result<Vec<Approval>> {
+        self.list_approvals(&ApprovalQuery {
+            state,
+            limit,
+            ..Default::default()
+        })
+    }
+    /// One page of approvals, in [`Cursor`] order.
+    fn list_approvals(&self, q: &ApprovalQuery) -> anyhow::Result<Vec<Approval>>;
+    /// How many approvals match `state` and `agent` (all when `None`).
+    fn count_approvals(&self, state: Option<State>, agent: Option<&str>) -> anyhow::Result<u64>;
     /// Pending approvals whose deadline is at or before `now_ms`.
     fn due_approvals(&self, now_ms: i64) -> anyhow::Result<Vec<Approval>>;
     /// Replace an approval if its stored version is `expected_version`, with

@@ -488,3 +488,77 @@ async fn v09_a_late_evaluation_is_a_deny_and_does_not_stall_other_calls() {
     assert_eq!(seen.len(), 1);
     assert!(seen[0].uri.ends_with("/fast"));
 }
+
+#[tokio::test]
+async fn v07_pending_approvals_are_capped_per_agent_and_listed_in_pages() {
+    let up = Upstream::start().await;
+    let text =
+        config_text(&up.url(), "").replace("[gate]\n", "[gate]\nmax_pending_per_agent = 3\n");
+    let t = TestLatch::start_text(text, TEST_POLICY).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(gated(&t, r#"{"gate": true}"#).await);
+    }
+    let req = agent_request("POST", t.proxy(), "/tools/echo/pay")
+        .header("content-type", "application/json")
+        .header("prefer", "respond-async")
+        .body(Full::new(Bytes::from(r#"{"gate": true}"#)))
+        .unwrap();
+    let a = send(req).await;
+    assert_eq!(a.status, 429, "{:?}", a.body);
+    assert_eq!(a.header("latch-error"), "too_many_pending");
+    assert_eq!(a.header("retry-after"), "30");
+    // Another agent is not held back by this one's flood.
+    let req = http::Request::post(format!("http://{}/tools/echo/pay", t.proxy()))
+        .header("authorization", "Bearer bot2-token")
+        .header("content-type", "application/json")
+        .header("prefer", "respond-async")
+        .body(Full::new(Bytes::from(r#"{"gate": true}"#)))
+        .unwrap();
+    assert_eq!(send(req).await.status, 202);
+    assert!(up.requests().is_empty());
+
+    // The refusal is in the audit trail.
+    let audit = admin(t.admin(), "GET", "/api/v1/audit", "alice-token", "")
+        .await
+        .json();
+    assert!(audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["details"]["code"] == "too_many_pending"));
+
+    // Paging by agent reaches every pending approval exactly once.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/approvals?status=pending&agent=bot&limit=2".to_string();
+    loop {
+        let page = admin(t.admin(), "GET", &path, "alice-token", "")
+            .await
+            .json();
+        assert_eq!(page["total"], 3);
+        for a in page["approvals"].as_array().unwrap() {
+            assert_eq!(a["agent"], "bot");
+            seen.push(a["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                path = format!("/api/v1/approvals?status=pending&agent=bot&limit=2&cursor={c}")
+            }
+            None => break,
+        }
+    }
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids);
+    let all = admin(
+        t.admin(),
+        "GET",
+        "/api/v1/approvals?limit=1000",
+        "alice-token",
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(all["total"], 4);
+    assert!(all["next_cursor"].is_null());
+}

@@ -13,6 +13,7 @@ use crate::gate::model::{Approval, State};
 use crate::gate::{self, blocking, Act, GateError};
 use crate::identity::Principal;
 use crate::server::{json as json_response, Body};
+use crate::store::{ApprovalQuery, Cursor};
 
 /// Largest decision request body.
 const MAX_BODY: usize = 1 << 20;
@@ -57,14 +58,53 @@ pub async fn handle(latch: &Latch, req: Request<Incoming>, op: Op, id: String) -
                     }
                 },
             };
+            let first = |k: &str| query.get(k).and_then(|v| v.first()).cloned();
+            let limit = match first("limit").map(|l| l.parse::<usize>()) {
+                None => 100,
+                Some(Ok(n)) if (1..=1000).contains(&n) => n,
+                Some(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_limit",
+                        "limit must be 1 to 1000",
+                    )
+                }
+            };
+            let after = match first("cursor") {
+                None => None,
+                Some(c) => match Cursor::decode(&c) {
+                    Some(c) => Some(c),
+                    None => return error(StatusCode::BAD_REQUEST, "bad_cursor", "unknown cursor"),
+                },
+            };
+            let agent = first("agent");
+            let q = ApprovalQuery {
+                state,
+                agent: agent.clone(),
+                after,
+                // One more than asked tells whether another page exists.
+                limit: limit + 1,
+            };
             let store = latch.store.clone();
-            match blocking(move || store.approvals(state, 500)).await {
-                Ok(list) => {
-                    let mut list: Vec<Value> = list.iter().map(view).collect();
-                    if state == Some(State::Pending) {
-                        list.sort_by_key(|a| a["deadline_ms"].as_i64());
-                    }
-                    json_response(StatusCode::OK, &json!({"approvals": list}))
+            let listed = blocking(move || {
+                let page = store.list_approvals(&q)?;
+                let total = store.count_approvals(state, agent.as_deref())?;
+                Ok((page, total))
+            })
+            .await;
+            match listed {
+                Ok((mut page, total)) => {
+                    let more = page.len() > limit;
+                    page.truncate(limit);
+                    let next = page
+                        .last()
+                        .filter(|_| more)
+                        .map(|a| Cursor::after(a, state).encode());
+                    let list: Vec<Value> = page.iter().map(view).collect();
+                    json_response(
+                        StatusCode::OK,
+                        &json!({"approvals": list, "next_cursor": next, "total": total}),
+                    )
                 }
                 Err(e) => store_error(e),
             }

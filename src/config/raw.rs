@@ -115,6 +115,8 @@ pub struct RawGate {
     /// Roles that may override a gate with a reason.
     #[serde(default)]
     pub break_glass_roles: Vec<String>,
+    /// Most approvals one agent may have pending at once (429 beyond).
+    pub max_pending_per_agent: Option<Spanned<u64>>,
 }
 
 /// `[log]`

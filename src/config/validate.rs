@@ -219,6 +219,11 @@ impl Validator<'_> {
             store,
             policy,
             gate: GateConfig {
+                max_pending_per_agent: self.positive(
+                    raw.gate.max_pending_per_agent,
+                    "gate.max_pending_per_agent",
+                    100,
+                ),
                 break_glass_roles: raw.gate.break_glass_roles,
             },
             log,

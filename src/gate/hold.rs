@@ -164,7 +164,8 @@ pub async fn gate(latch: &Latch, p: Proposal<'_>) -> Result<Step, ProxyError> {
         id: approval.id.clone(),
         armed: idempotency_key.is_none() && !prefer_async,
     };
-    let inserted = match blocking(move || store.insert_approval(&to_insert, &event)).await {
+    let cap = latch.config.gate.max_pending_per_agent;
+    let inserted = match blocking(move || store.insert_approval(&to_insert, &event, cap)).await {
         Ok(inserted) => inserted,
         Err(e) => {
             guard.armed = false; // nothing was stored
@@ -186,6 +187,32 @@ pub async fn gate(latch: &Latch, p: Proposal<'_>) -> Result<Step, ProxyError> {
             latch.metrics.outcomes.with_label_values(&["gated"]).inc();
             super::publish(latch, &approval);
             (approval.id.clone(), idempotency_key.is_none())
+        }
+        Inserted::TooMany(n) => {
+            guard.armed = false; // nothing was stored
+            latch
+                .metrics
+                .outcomes
+                .with_label_values(&["refused_too_many"])
+                .inc();
+            // The refusal is a decision like any other: it lands in the trail.
+            let event = Event::new(
+                &approval.agent,
+                "decision",
+                &approval.id,
+                json!({
+                    "action": "deny", "code": "too_many_pending", "risk": approval.decision.risk,
+                    "reasons": [format!("{n} calls of this agent are already waiting for approval")],
+                    "route": approval.route, "method": approval.method, "path": approval.path,
+                    "body_sha256": approval.body_sha256, "policy": p.policy, "gated_as": approval.decision.code,
+                }),
+            );
+            latch
+                .audit
+                .record(event)
+                .await
+                .map_err(|_| ProxyError::AuditUnavailable)?;
+            return Err(ProxyError::TooManyPending(n));
         }
         Inserted::Existing(existing) => {
             let proposed = existing

@@ -53,6 +53,9 @@ pub enum ProxyError {
     /// `Idempotency-Key` is empty, too long or not text.
     #[error("Idempotency-Key must be 1 to 200 visible characters")]
     BadIdempotencyKey,
+    /// The agent has as many pending approvals as it may.
+    #[error("this agent already has {0} calls waiting for approval; wait for decisions before proposing more")]
+    TooManyPending(u64),
     /// The idempotency key was used for a different request.
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyConflict,
@@ -96,6 +99,7 @@ impl ProxyError {
             ProxyError::UpstreamFailed => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             ProxyError::BadIdempotencyKey => (StatusCode::BAD_REQUEST, "bad_idempotency_key"),
+            ProxyError::TooManyPending(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_pending"),
             ProxyError::IdempotencyConflict => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_conflict")
             }
@@ -121,6 +125,9 @@ impl ProxyError {
                 http::header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"latch\""),
             );
+        }
+        if matches!(self, ProxyError::TooManyPending(_)) {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("30"));
         }
         if matches!(self, ProxyError::MethodNotAllowed) {
             h.insert(

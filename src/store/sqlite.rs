@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Context};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Durability, HistoryRow, Inserted, Store};
+use super::{ApprovalQuery, Durability, HistoryRow, Inserted, Store};
 use crate::audit::{self, Event, Record};
 use crate::gate::model::{Approval, State};
 use crate::history::Stats;
@@ -54,6 +54,8 @@ const MIGRATIONS: &[&str] = &[
         hash      TEXT NOT NULL
     );",
     "ALTER TABLE action_history ADD COLUMN decision_ms_total INTEGER NOT NULL DEFAULT 0;",
+    "CREATE INDEX approvals_agent_state ON approvals(agent, state);
+     CREATE INDEX approvals_created ON approvals(created_at, id);",
 ];
 
 /// SQLite-backed [`Store`].
@@ -367,7 +369,12 @@ impl Store for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
     }
 
-    fn insert_approval(&self, a: &Approval, event: &Event) -> anyhow::Result<Inserted> {
+    fn insert_approval(
+        &self,
+        a: &Approval,
+        event: &Event,
+        max_pending: u64,
+    ) -> anyhow::Result<Inserted> {
         let mut db = self.db()?;
         let Db { conn, tail } = &mut *db;
         let tx = conn.transaction()?;
@@ -382,6 +389,14 @@ impl Store for SqliteStore {
             if let Some(existing) = existing {
                 return Ok(Inserted::Existing(Box::new(existing)));
             }
+        }
+        let pending: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM approvals WHERE agent = ?1 AND state = 'pending'",
+            params![a.agent],
+            |r| r.get(0),
+        )?;
+        if pending as u64 >= max_pending {
+            return Ok(Inserted::TooMany(pending as u64));
         }
         let (data, result_body) = approval_params(a)?;
         tx.execute(
@@ -408,17 +423,52 @@ impl Store for SqliteStore {
         .map_err(Into::into)
     }
 
-    fn approvals(&self, state: Option<State>, limit: usize) -> anyhow::Result<Vec<Approval>> {
+    fn list_approvals(&self, q: &ApprovalQuery) -> anyhow::Result<Vec<Approval>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE (?1 IS NULL OR state = ?1)
-             ORDER BY created_at DESC LIMIT ?2"
-        ))?;
-        let rows = stmt.query_map(
-            params![state.map(State::as_str), limit as i64],
-            row_to_approval,
+        // Pending: soonest deadline first; otherwise newest first. The id
+        // breaks ties so a cursor names one exact position.
+        let sql = if q.state == Some(State::Pending) {
+            format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals
+                 WHERE state = 'pending' AND (?1 IS NULL OR agent = ?1)
+                   AND (?2 IS NULL OR deadline > ?2 OR (deadline = ?2 AND id > ?3))
+                 ORDER BY deadline, id LIMIT ?4"
+            )
+        } else {
+            format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals
+                 WHERE (?5 IS NULL OR state = ?5) AND (?1 IS NULL OR agent = ?1)
+                   AND (?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND id < ?3))
+                 ORDER BY created_at DESC, id DESC LIMIT ?4"
+            )
+        };
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+        let (at, id) = match &q.after {
+            Some(c) => (Some(c.at), Some(c.id.as_str())),
+            None => (None, None),
+        };
+        let rows = if q.state == Some(State::Pending) {
+            stmt.query_map(params![q.agent, at, id, limit], row_to_approval)?
+                .collect::<Result<Vec<_>, _>>()
+        } else {
+            stmt.query_map(
+                params![q.agent, at, id, limit, q.state.map(State::as_str)],
+                row_to_approval,
+            )?
+            .collect::<Result<Vec<_>, _>>()
+        };
+        rows.map_err(Into::into)
+    }
+
+    fn count_approvals(&self, state: Option<State>, agent: Option<&str>) -> anyhow::Result<u64> {
+        let conn = self.conn()?;
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM approvals WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR agent = ?2)",
+            params![state.map(State::as_str), agent],
+            |r| r.get(0),
         )?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+        Ok(n as u64)
     }
 
     fn due_approvals(&self, now_ms: i64) -> anyhow::Result<Vec<Approval>> {
