@@ -103,14 +103,39 @@ fn redirect(location: &'static str, cookie: Option<String>) -> Response<Body> {
     r
 }
 
-async fn form(req: Request<Incoming>) -> Option<crate::policy::input::Query> {
+/// Read a request body of at most `max` bytes within the listener's body
+/// timeout: a client that trickles its body (or never sends it) is cut off
+/// instead of holding a connection slot.
+pub(crate) async fn read_limited(
+    latch: &Latch,
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<bytes::Bytes, api::ApiError> {
     use http_body_util::{BodyExt, Limited};
-    let bytes = Limited::new(req.into_body(), 16 * 1024)
-        .collect()
+    let timeout = latch.config.admin.body_read_timeout;
+    match tokio::time::timeout(timeout, Limited::new(req.into_body(), max).collect()).await {
+        Err(_) => Err(api::ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body was not received in time",
+        )),
+        Ok(Err(_)) => Err(api::ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body over {max} bytes or unreadable"),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+async fn form(
+    latch: &Latch,
+    req: Request<Incoming>,
+) -> Result<crate::policy::input::Query, Response<Body>> {
+    let bytes = read_limited(latch, req, 16 * 1024)
         .await
-        .ok()?
-        .to_bytes();
-    Some(crate::policy::input::parse_query(
+        .map_err(api::ApiError::response)?;
+    Ok(crate::policy::input::parse_query(
         std::str::from_utf8(&bytes).ok(),
     ))
 }
@@ -121,12 +146,9 @@ fn field(f: &crate::policy::input::Query, name: &str) -> Option<String> {
 
 /// `POST /login`: a human's bearer token (form field `token`) → session cookie.
 async fn login(latch: &Latch, req: Request<Incoming>, tls: bool) -> Response<Body> {
-    let Some(f) = form(req).await else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_form",
-            "send the token as a form field",
-        );
+    let f = match form(latch, req).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
     };
     let token = field(&f, "token").unwrap_or_default();
     let principal = latch
@@ -156,7 +178,7 @@ async fn logout(latch: &Latch, req: Request<Incoming>, tls: bool) -> Response<Bo
         .map(str::to_string);
     let presented = match header {
         Some(h) => Some(h),
-        None => form(req).await.and_then(|f| field(&f, "csrf")),
+        None => form(latch, req).await.ok().and_then(|f| field(&f, "csrf")),
     };
     if !session::csrf_ok(&s, presented.as_deref()) {
         return error(StatusCode::FORBIDDEN, "csrf", "missing or wrong CSRF token");

@@ -374,11 +374,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let proxy_addr = proxy.local_addr()?;
     let admin_addr = admin.local_addr()?;
 
-    let timeout = latch.config.proxy.header_read_timeout;
     let proxy_opts = ListenerOptions {
         tls: proxy_tls.map(TlsAcceptor::from),
         directory: Some(latch.directory.clone()),
-        header_read_timeout: timeout,
+        header_read_timeout: latch.config.proxy.header_read_timeout,
+        max_connections: latch.config.proxy.max_connections,
     };
     let l = latch.clone();
     tasks.push(tokio::spawn(server::serve(
@@ -391,7 +391,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin_opts = ListenerOptions {
         tls: admin_tls.map(TlsAcceptor::from),
         directory: None,
-        header_read_timeout: timeout,
+        header_read_timeout: latch.config.admin.header_read_timeout,
+        max_connections: latch.config.admin.max_connections,
     };
     let l = latch.clone();
     tasks.push(tokio::spawn(server::serve(

@@ -87,6 +87,10 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// Default upstream timeout.
     pub upstream_timeout: Duration,
+    /// Time allowed to read a request body.
+    pub body_read_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
     /// TLS, if any.
     pub tls: Option<TlsConfig>,
 }
@@ -109,6 +113,12 @@ pub struct TlsConfig {
 pub struct AdminConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Time allowed to read a request head.
+    pub header_read_timeout: Duration,
+    /// Time allowed to read a request body.
+    pub body_read_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
     /// TLS, if any.
     pub tls: Option<TlsConfig>,
 }

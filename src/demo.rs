@@ -20,6 +20,7 @@ pub async fn serve(listener: TcpListener, shutdown: watch::Receiver<bool>) {
         tls: None,
         directory: None,
         header_read_timeout: std::time::Duration::from_secs(10),
+        max_connections: 1024,
     };
     server::serve(listener, opts, shutdown, |req, _conn| async move {
         match handle(req).await {

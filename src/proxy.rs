@@ -35,9 +35,6 @@ use crate::server::{full, json as json_response, Body, ConnInfo};
 use error::ProxyError;
 use upstream::Route;
 
-/// Time allowed for an agent to send a request body.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Per-request context, carried through every stage and into the log line.
 struct Ctx {
     id: String,
@@ -171,7 +168,12 @@ async fn pipeline(
     let (judged, streamed): (Option<Judged>, Option<Incoming>) = if route.config.stream_body {
         (None, Some(body))
     } else {
-        let raw = read_body(body_limited(body, limit), limit).await?;
+        let raw = read_body(
+            body_limited(body, limit),
+            limit,
+            latch.config.proxy.body_read_timeout,
+        )
+        .await?;
         let judged = body::judge(&parts.headers, raw, limit, route.config.opaque_body)?;
         if judged.decoded {
             parts.headers.remove(http::header::CONTENT_ENCODING);
@@ -378,11 +380,11 @@ fn body_limited(
     Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
 }
 
-async fn read_body<B>(body: B, limit: u64) -> Result<Bytes, ProxyError>
+async fn read_body<B>(body: B, limit: u64, timeout: Duration) -> Result<Bytes, ProxyError>
 where
     B: http_body::Body<Data = Bytes, Error = crate::server::BoxError>,
 {
-    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+    match tokio::time::timeout(timeout, body.collect()).await {
         Err(_) => Err(ProxyError::BodyTimeout),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if is_length_limit(&*e) => Err(ProxyError::BodyTooLarge(limit)),

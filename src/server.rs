@@ -65,6 +65,9 @@ pub struct ListenerOptions {
     pub directory: Option<Arc<Directory>>,
     /// Time allowed for the TLS handshake and each request head.
     pub header_read_timeout: Duration,
+    /// Most connections served at once; further ones wait in the kernel's
+    /// backlog, so one listener cannot use up every file descriptor.
+    pub max_connections: usize,
 }
 
 /// Accept connections until `shutdown` turns true, then let open connections
@@ -79,7 +82,16 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
     loop {
+        // A slot first, then a connection: at the cap, accepting pauses.
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -98,6 +110,7 @@ pub async fn serve<H, F>(
         let handler = handler.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot; // freed when the connection ends
             match opts.tls.clone() {
                 None => {
                     let info = Arc::new(ConnInfo {

@@ -562,3 +562,46 @@ async fn v07_pending_approvals_are_capped_per_agent_and_listed_in_pages() {
     assert_eq!(all["total"], 4);
     assert!(all["next_cursor"].is_null());
 }
+
+#[tokio::test]
+async fn v06_slow_admin_clients_cannot_starve_the_listeners() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let text = config_text(&up.url(), "").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = 4\nheader_read_timeout_ms = 500\nbody_read_timeout_ms = 500\n",
+    );
+    let t = TestLatch::start_text(text, TEST_POLICY).await;
+    // Fill every admin slot: two trickle a /login body, two never finish their head.
+    let mut stalled = Vec::new();
+    for i in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(t.admin()).await.unwrap();
+        let head = if i % 2 == 0 {
+            "POST /login HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 1000\r\n\r\ntoken="
+        } else {
+            "GET /healthz HTTP/1.1\r\nhost: x\r\n"
+        };
+        s.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    // The agents' listener does not share the admin listener's slots.
+    let a = call("POST", t.proxy(), "/tools/echo/x", "{}").await;
+    assert_eq!(a.status, 200);
+    // The stalled clients are cut off, which frees the slots for /healthz.
+    let health = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let req = http::Request::get(format!("http://{}/healthz", t.admin()))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(req).await
+    })
+    .await
+    .expect("/healthz never answered");
+    assert_eq!(health.status, 200);
+    for mut s in stalled {
+        let mut buf = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+        let text = String::from_utf8_lossy(&buf);
+        assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+}

@@ -217,6 +217,7 @@ async fn https_upstream_trusted_through_ca_file() {
         tls: Some(TlsAcceptor::from(config)),
         directory: None,
         header_read_timeout: Duration::from_secs(5),
+        max_connections: 1024,
     };
     tokio::spawn(server::serve(listener, opts, rx, |req, conn| async move {
         json(

@@ -2,7 +2,6 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
@@ -27,7 +26,7 @@ pub async fn handle(latch: &Latch, req: Request<Incoming>, op: Op, id: String) -
     let query = crate::policy::input::parse_query(req.uri().query());
     let headers = req.headers().clone();
     let act = |verb| async move {
-        let body = match read_json(req).await {
+        let body = match read_json(latch, req).await {
             Ok(b) => b,
             Err(e) => return Err(e.response()),
         };
@@ -179,14 +178,14 @@ pub async fn handle(latch: &Latch, req: Request<Incoming>, op: Op, id: String) -
 }
 
 /// An API refusal, turned into a JSON answer at the edge.
-pub(super) struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
 }
 
 impl ApiError {
-    pub(super) fn new(
+    pub(crate) fn new(
         status: StatusCode,
         code: &'static str,
         message: impl Into<String>,
@@ -198,7 +197,7 @@ impl ApiError {
         }
     }
 
-    pub(super) fn response(self) -> Response<Body> {
+    pub(crate) fn response(self) -> Response<Body> {
         let mut r = error(self.status, self.code, &self.message);
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
@@ -255,18 +254,8 @@ pub(super) fn authenticate(
     Ok(p)
 }
 
-async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "request body over 1 MiB",
-            )
-        })?
-        .to_bytes();
+async fn read_json(latch: &Latch, req: Request<Incoming>) -> Result<Value, ApiError> {
+    let bytes = super::read_limited(latch, req, MAX_BODY).await?;
     if bytes.is_empty() {
         return Ok(json!({}));
     }

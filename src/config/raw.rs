@@ -54,6 +54,10 @@ pub struct RawProxy {
     pub header_read_timeout_ms: Option<Spanned<u64>>,
     /// Time allowed for an upstream to answer, unless a route says otherwise.
     pub upstream_timeout_ms: Option<Spanned<u64>>,
+    /// Time allowed for a client to send its request body.
+    pub body_read_timeout_ms: Option<Spanned<u64>>,
+    /// Most connections open at once (held calls included); more wait to be accepted.
+    pub max_connections: Option<Spanned<u64>>,
     /// TLS for the agents' listener (and optional mTLS).
     pub tls: Option<Spanned<RawTls>>,
 }
@@ -78,6 +82,12 @@ pub struct RawTls {
 pub struct RawAdmin {
     /// Socket address of the admin listener.
     pub listen: Option<Spanned<String>>,
+    /// Time allowed for a client to send its request head.
+    pub header_read_timeout_ms: Option<Spanned<u64>>,
+    /// Time allowed for a client to send its request body.
+    pub body_read_timeout_ms: Option<Spanned<u64>>,
+    /// Most connections open at once; more wait to be accepted.
+    pub max_connections: Option<Spanned<u64>>,
     /// TLS for the admin listener.
     pub tls: Option<Spanned<RawTls>>,
 }

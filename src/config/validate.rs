@@ -159,11 +159,31 @@ impl Validator<'_> {
                 "proxy.upstream_timeout_ms",
                 30_000,
             )),
+            body_read_timeout: Duration::from_millis(self.positive(
+                p.body_read_timeout_ms,
+                "proxy.body_read_timeout_ms",
+                30_000,
+            )),
+            max_connections: self.positive(p.max_connections, "proxy.max_connections", 4096)
+                as usize,
             tls: self.tls(base, p.tls, "proxy.tls", true),
         };
+        let a = raw.admin;
         let admin = AdminConfig {
-            listen: self.addr(raw.admin.listen, "admin.listen", "127.0.0.1:8081"),
-            tls: self.tls(base, raw.admin.tls, "admin.tls", false),
+            header_read_timeout: Duration::from_millis(self.positive(
+                a.header_read_timeout_ms,
+                "admin.header_read_timeout_ms",
+                10_000,
+            )),
+            body_read_timeout: Duration::from_millis(self.positive(
+                a.body_read_timeout_ms,
+                "admin.body_read_timeout_ms",
+                10_000,
+            )),
+            max_connections: self.positive(a.max_connections, "admin.max_connections", 256)
+                as usize,
+            listen: self.addr(a.listen, "admin.listen", "127.0.0.1:8081"),
+            tls: self.tls(base, a.tls, "admin.tls", false),
         };
         if proxy.listen == admin.listen && proxy.listen.port() != 0 {
             self.error(None, "admin.listen", "must differ from proxy.listen".into());

@@ -51,6 +51,7 @@ impl Upstream {
             tls: None,
             directory: None,
             header_read_timeout: Duration::from_secs(5),
+            max_connections: 1024,
         };
         tokio::spawn(server::serve(
             listener,
