@@ -46,7 +46,7 @@ pub async fn handle(latch: Latch, req: Request<Incoming>, conn: Arc<ConnInfo>) -
         routes::Op::Readyz => readyz(&latch).await,
         routes::Op::OpenApi => json(StatusCode::OK, &routes::openapi(&table)),
         routes::Op::Dashboard => dashboard(),
-        routes::Op::Login => login(&latch, req, conn.tls).await,
+        routes::Op::Login => login(&latch, req, &conn).await,
         routes::Op::Logout => logout(&latch, req, conn.tls).await,
         routes::Op::ListApprovals
         | routes::Op::GetApproval
@@ -57,7 +57,9 @@ pub async fn handle(latch: Latch, req: Request<Incoming>, conn: Arc<ConnInfo>) -
         | routes::Op::Audit
         | routes::Op::ReloadPolicy
         | routes::Op::Session
-        | routes::Op::Events => api::handle(&latch, req, op, id.unwrap_or_default()).await,
+        | routes::Op::Events => {
+            api::handle(&latch, req, op, id.unwrap_or_default(), conn.peer.ip()).await
+        }
     }
 }
 
@@ -145,7 +147,13 @@ fn field(f: &crate::policy::input::Query, name: &str) -> Option<String> {
 }
 
 /// `POST /login`: a human's bearer token (form field `token`) → session cookie.
-async fn login(latch: &Latch, req: Request<Incoming>, tls: bool) -> Response<Body> {
+/// Failed logins count against the source address (429 past the limit).
+async fn login(latch: &Latch, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    let tls = conn.tls;
+    let ip = crate::throttle::Key::Ip(conn.peer.ip());
+    if let Err(wait) = latch.throttle.check(ip) {
+        return api::ApiError::throttled(wait).response();
+    }
     let f = match form(latch, req).await {
         Ok(f) => f,
         Err(resp) => return resp,
@@ -162,7 +170,10 @@ async fn login(latch: &Latch, req: Request<Incoming>, tls: bool) -> Response<Bod
             let (id, _) = latch.sessions.create(p);
             redirect("/", Some(session::set_cookie(Some(&id), tls)))
         }
-        None => redirect("/?login=failed", None),
+        None => {
+            latch.throttle.failed(ip);
+            redirect("/?login=failed", None)
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Inner {
     pub waiters: crate::gate::Waiters,
     /// Outcome of the latest policy reload.
     pub policy_status: std::sync::Mutex<PolicyStatus>,
+    /// Failed-authentication counts (429 past the limit).
+    pub throttle: crate::throttle::Throttle,
     /// Dashboard sessions.
     pub sessions: crate::admin::session::Sessions,
     /// Approval changes, for the dashboard's live updates (JSON `{id, state}`).
@@ -122,6 +124,7 @@ impl Latch {
             waiters: crate::gate::Waiters::default(),
             policy_status: std::sync::Mutex::new(PolicyStatus::default()),
             sessions: Default::default(),
+            throttle: Default::default(),
             events: tokio::sync::broadcast::channel(1024).0,
             config,
         })))

@@ -41,4 +41,5 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod tls;

@@ -27,7 +27,7 @@ use crate::app::Latch;
 use crate::config::Mode;
 use crate::gate::hold::Step;
 use crate::history::ActionClass;
-use crate::identity::Principal;
+use crate::identity::{AuthError, Principal};
 use crate::policy::body::{self, Judged};
 use crate::policy::input::{self, RequestFacts};
 use crate::policy::{Action, Decision};
@@ -128,12 +128,37 @@ async fn pipeline(
     }
     let decoded_path = path::normalize(req.uri().path())?;
 
-    let agent = latch.directory.authenticate(
+    // Guessing tokens is throttled per source address (and per principal
+    // where a failure names one); while blocked, even a right token is
+    // refused, or guessing would go on and just learn which guess was right.
+    let ip = crate::throttle::Key::Ip(conn.peer.ip());
+    let blocked = |key| {
+        latch
+            .throttle
+            .check(key)
+            .map_err(|w| ProxyError::Throttled(w.as_secs().max(1)))
+    };
+    blocked(ip)?;
+    let agent = match latch.directory.authenticate(
         req.headers()
             .get(http::header::AUTHORIZATION)
             .map(HeaderValue::as_bytes),
         conn.cert_principal.as_ref(),
-    )?;
+    ) {
+        Ok(agent) => agent,
+        Err(e) => {
+            if e != AuthError::Missing {
+                latch.throttle.failed(ip);
+            }
+            if let (AuthError::Conflict, Some(p)) = (&e, &conn.cert_principal) {
+                latch
+                    .throttle
+                    .failed(crate::throttle::Key::Principal(&p.id));
+            }
+            return Err(e.into());
+        }
+    };
+    blocked(crate::throttle::Key::Principal(&agent.id))?;
     ctx.agent = Some(agent.clone());
 
     // `/latch/…` belongs to Latch itself; no route may shadow it.

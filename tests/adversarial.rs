@@ -605,3 +605,47 @@ async fn v06_slow_admin_clients_cannot_starve_the_listeners() {
         assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn v11_guessing_tokens_and_logins_is_throttled() {
+    let up = Upstream::start().await;
+    let t = TestLatch::start(&up.url()).await;
+    let with_token = |token: &str| {
+        http::Request::post(format!("http://{}/tools/echo/x", t.proxy()))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from("{}")))
+            .unwrap()
+    };
+    for i in 0..20 {
+        assert_eq!(send(with_token(&format!("guess-{i}"))).await.status, 401);
+    }
+    // Now even the right token is refused from this address, or guessing
+    // would go on and learn which guess was right.
+    let a = send(with_token(AGENT_TOKEN)).await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.header("latch-error"), "throttled");
+    assert!(a.header("retry-after").parse::<u64>().unwrap() > 0);
+    assert!(up.requests().is_empty());
+    // One count per source across both listeners: guessing on one blocks both.
+    let a = admin(t.admin(), "GET", "/api/v1/approvals", "alice-token", "").await;
+    assert_eq!(a.status, 429);
+
+    // Failed dashboard logins count too.
+    let t = TestLatch::start(&up.url()).await;
+    let login = |token: &str| {
+        http::Request::post(format!("http://{}/login", t.admin()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(format!("token={token}"))))
+            .unwrap()
+    };
+    for i in 0..20 {
+        let a = send(login(&format!("nope-{i}"))).await;
+        assert_eq!(a.status, 303);
+        assert!(a.header("location").contains("failed"));
+    }
+    let a = send(login("alice-token")).await;
+    assert_eq!(a.status, 429);
+    let a = admin(t.admin(), "GET", "/api/v1/approvals", "alice-token", "").await;
+    assert_eq!(a.status, 429);
+}

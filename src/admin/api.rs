@@ -18,8 +18,14 @@ use crate::store::{ApprovalQuery, Cursor};
 const MAX_BODY: usize = 1 << 20;
 
 /// Serve an `/api/v1/…` operation (already resolved by the route table).
-pub async fn handle(latch: &Latch, req: Request<Incoming>, op: Op, id: String) -> Response<Body> {
-    let human = match authenticate(latch, &req) {
+pub async fn handle(
+    latch: &Latch,
+    req: Request<Incoming>,
+    op: Op,
+    id: String,
+    peer: std::net::IpAddr,
+) -> Response<Body> {
+    let human = match authenticate(latch, &req, peer) {
         Ok(p) => p,
         Err(e) => return e.response(),
     };
@@ -182,6 +188,10 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The principal the refusal concerns, when known (for throttling).
+    principal: Option<String>,
+    /// Seconds to wait, for a 429.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -194,11 +204,32 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            principal: None,
+            retry_after: None,
         }
+    }
+
+    fn of(mut self, principal: &str) -> ApiError {
+        self.principal = Some(principal.to_string());
+        self
+    }
+
+    /// 429: too many failed attempts from this source or principal.
+    pub(crate) fn throttled(wait: std::time::Duration) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "too many failed attempts; try again later",
+        );
+        e.retry_after = Some(wait.as_secs().max(1));
+        e
     }
 
     pub(crate) fn response(self) -> Response<Body> {
         let mut r = error(self.status, self.code, &self.message);
+        if let Some(v) = self.retry_after.map(http::HeaderValue::from) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
@@ -212,7 +243,41 @@ impl ApiError {
 /// A human principal from the bearer token or, for the dashboard, the
 /// session cookie — in which case a state change must carry the session's
 /// CSRF token. Agents are refused.
+/// Failed attempts count against the source address, and against the
+/// principal where one is known (a wrong CSRF token, an agent's token).
 pub(super) fn authenticate(
+    latch: &Latch,
+    req: &Request<Incoming>,
+    peer: std::net::IpAddr,
+) -> Result<std::sync::Arc<Principal>, ApiError> {
+    let ip = crate::throttle::Key::Ip(peer);
+    latch.throttle.check(ip).map_err(ApiError::throttled)?;
+    let result = authenticate_unthrottled(latch, req);
+    match &result {
+        Err(e) if e.status == StatusCode::UNAUTHORIZED && e.code != "unauthenticated_missing" => {
+            latch.throttle.failed(ip)
+        }
+        Err(e) if e.status == StatusCode::FORBIDDEN => {
+            latch.throttle.failed(ip);
+            if let Some(who) = &e.principal {
+                latch.throttle.failed(crate::throttle::Key::Principal(who));
+            }
+        }
+        Ok(p) => {
+            let key = crate::throttle::Key::Principal(&p.id);
+            latch.throttle.check(key).map_err(ApiError::throttled)?;
+        }
+        Err(_) => {}
+    }
+    result.map_err(|mut e| {
+        if e.code == "unauthenticated_missing" {
+            e.code = "unauthenticated";
+        }
+        e
+    })
+}
+
+fn authenticate_unthrottled(
     latch: &Latch,
     req: &Request<Incoming>,
 ) -> Result<std::sync::Arc<Principal>, ApiError> {
@@ -228,7 +293,7 @@ pub(super) fn authenticate(
             let (_, session) = latch.sessions.from_headers(headers).ok_or_else(|| {
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
+                    "unauthenticated_missing",
                     "log in or send a bearer token",
                 )
             })?;
@@ -239,7 +304,8 @@ pub(super) fn authenticate(
                     StatusCode::FORBIDDEN,
                     "csrf",
                     "missing or wrong CSRF token",
-                ));
+                )
+                .of(&session.principal.id));
             }
             session.principal
         }
@@ -249,7 +315,8 @@ pub(super) fn authenticate(
             StatusCode::FORBIDDEN,
             "forbidden",
             "agents cannot use the admin API",
-        ));
+        )
+        .of(&p.id));
     }
     Ok(p)
 }

@@ -29,6 +29,9 @@ pub enum ProxyError {
     /// No or unknown credentials.
     #[error("{0}")]
     Unauthenticated(#[from] AuthError),
+    /// Too many failed attempts from this source or principal; seconds to wait.
+    #[error("too many failed attempts; try again later")]
+    Throttled(u64),
     /// No route for the path.
     #[error("no route for this path")]
     NoRoute,
@@ -91,6 +94,7 @@ impl ProxyError {
             }
             ProxyError::Body(_) => (StatusCode::BAD_REQUEST, "bad_body"),
             ProxyError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ProxyError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ProxyError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
@@ -126,8 +130,14 @@ impl ProxyError {
                 HeaderValue::from_static("Bearer realm=\"latch\""),
             );
         }
-        if matches!(self, ProxyError::TooManyPending(_)) {
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("30"));
+        match self {
+            ProxyError::TooManyPending(_) => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("30"));
+            }
+            ProxyError::Throttled(secs) => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
         }
         if matches!(self, ProxyError::MethodNotAllowed) {
             h.insert(
