@@ -76,8 +76,8 @@ impl std::ops::Deref for Latch {
 /// Open the configured store.
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &config.store {
-        StoreConfig::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
-        StoreConfig::SqliteMemory => Arc::new(SqliteStore::memory()?),
+        StoreConfig::Sqlite(path) => Arc::new(SqliteStore::open(path, config.audit.key.clone())?),
+        StoreConfig::SqliteMemory => Arc::new(SqliteStore::memory(config.audit.key.clone())?),
     })
 }
 

@@ -222,13 +222,36 @@ pub fn audit_verify(config: &Config) -> i32 {
             return 1;
         }
     };
-    match crate::audit::verify(&records) {
-        Ok(n) => {
-            let head = records
+    let head = match store.audit_head() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: reading the audit head: {e:#}");
+            return 1;
+        }
+    };
+    let key = config.audit.key.as_ref();
+    match crate::audit::verify_keyed(&records, key, head.as_ref()) {
+        Ok(v) => {
+            let last = records
                 .last()
                 .map(|r| r.hash.as_str())
                 .unwrap_or(crate::audit::GENESIS);
-            println!("ok: {n} records, chain intact, head {head}");
+            println!("ok: {} records, chain intact, head {last}", v.records);
+            match (key, v.keyed_from) {
+                (None, _) => println!(
+                    "note: no [audit] key_env: this proves the records agree with each other, \
+                     not that nobody with write access to the database rewrote or truncated them"
+                ),
+                (Some(_), Some(1)) => {
+                    println!("keyed: every record and the head carry a valid MAC")
+                }
+                (Some(_), Some(from)) => println!(
+                    "keyed: records {from}..{} and the head carry a valid MAC; records before {from} \
+                     were written without a key and are only chained",
+                    v.records
+                ),
+                (Some(_), None) => println!("keyed: no record is keyed yet"),
+            }
             0
         }
         Err(e) => {

@@ -66,12 +66,21 @@ pub struct Config {
     pub gate: GateConfig,
     /// Log output.
     pub log: LogConfig,
+    /// Audit trail settings.
+    pub audit: AuditConfig,
     /// Built-in demo upstream, if configured.
     pub demo: Option<SocketAddr>,
     /// Agents and humans.
     pub principals: Vec<PrincipalConfig>,
     /// Routes, in file order.
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Default)]
+pub struct AuditConfig {
+    /// The chain's HMAC key, read from `key_env` (never stored).
+    pub key: Option<crate::audit::AuditKey>,
 }
 
 /// `[proxy]`

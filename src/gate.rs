@@ -10,6 +10,7 @@ pub mod hold;
 pub mod model;
 pub mod quorum;
 pub mod rejudge;
+pub mod vouch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -573,6 +574,32 @@ pub async fn expire_due(latch: &Latch) {
 pub async fn execute(latch: &Latch, id: &str) {
     let Ok(a) = load(latch, id).await else { return };
     if a.state != State::Approved {
+        return;
+    }
+    // The table is a working copy; the audit chain must vouch for the
+    // approval of exactly these bytes before anything is sent.
+    let store = latch.store.clone();
+    let subject = id.to_string();
+    let trail = blocking(move || store.audit_of(&subject)).await;
+    let verdict = match &trail {
+        Ok(records) => vouch::vouched(&a, records, latch.config.audit.key.as_ref()),
+        Err(e) => Err(format!("the audit trail could not be read: {e}")),
+    };
+    if let Err(why) = verdict {
+        tracing::error!(approval = %id, reason = %why, "approved call not vouched for by the audit chain; not sending");
+        let mut refused = a.clone();
+        refused.version += 1;
+        refused.state = State::Failed;
+        refused.outcome = Some(format!("not executed: {why}"));
+        let event = Event::new("latch", "execute_refused", id, json!({"reason": why}));
+        latch
+            .metrics
+            .executions
+            .with_label_values(&["unvouched"])
+            .inc();
+        if let Ok(true) = commit(latch, &refused, a.version, vec![event]).await {
+            after_commit(latch, State::Approved, &refused);
+        }
         return;
     }
     let mut running = a.clone();

@@ -358,7 +358,7 @@ mod tests {
             &Value::from_json_str(r#"{"amount": 1}"#).unwrap(),
         );
         {
-            let h = History::open(Arc::new(SqliteStore::open(&path).unwrap())).unwrap();
+            let h = History::open(Arc::new(SqliteStore::open(&path, None).unwrap())).unwrap();
             assert_eq!(h.get(&class).seen, 0);
             h.record(&class, "gate", 100);
             assert_eq!(h.get(&class).seen, 0);
@@ -366,7 +366,7 @@ mod tests {
             h.record(&class, "allow", 102);
             h.flush().unwrap();
         }
-        let h = History::open(Arc::new(SqliteStore::open(&path).unwrap())).unwrap();
+        let h = History::open(Arc::new(SqliteStore::open(&path, None).unwrap())).unwrap();
         let s = h.get(&class);
         assert_eq!(
             (s.seen, s.first_seen, s.last_seen),

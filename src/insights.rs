@@ -99,6 +99,7 @@ mod tests {
 
     fn rec(event: &str, subject: &str, details: Value) -> Record {
         Record {
+            mac: None,
             seq: 0,
             ts: String::new(),
             actor: "bot".into(),

@@ -3,7 +3,7 @@
 
 pub mod sqlite;
 
-use crate::audit::{Event, Record};
+use crate::audit::{Event, Head, Record};
 use crate::gate::model::{Approval, State};
 use crate::history::Stats;
 
@@ -109,6 +109,10 @@ pub trait Store: Send + Sync + 'static {
     /// Append events to the audit chain, atomically, in order.
     fn append_audit(&self, events: &[Event], durability: Durability)
         -> anyhow::Result<Vec<Record>>;
+    /// Where the chain ends, as last written (with its MAC when keyed).
+    fn audit_head(&self) -> anyhow::Result<Option<Head>>;
+    /// Every audit record about `subject`, oldest first.
+    fn audit_of(&self, subject: &str) -> anyhow::Result<Vec<Record>>;
     /// Audit records with `seq > after`, oldest first, at most `limit`.
     fn audit_after(&self, after: i64, limit: usize) -> anyhow::Result<Vec<Record>>;
 

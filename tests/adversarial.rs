@@ -649,3 +649,93 @@ async fn v11_guessing_tokens_and_logins_is_throttled() {
     let a = admin(t.admin(), "GET", "/api/v1/approvals", "alice-token", "").await;
     assert_eq!(a.status, 429);
 }
+
+#[tokio::test]
+async fn v10_a_keyed_chain_catches_rewrites_truncation_and_flipped_approvals() {
+    let up = Upstream::start().await;
+    let mut t = TestLatch::start(&up.url()).await;
+    t.env.insert("LATCH_AUDIT_KEY".into(), "k".repeat(40));
+    t.config_text
+        .push_str("\n[audit]\nkey_env = \"LATCH_AUDIT_KEY\"\n");
+    t.restart().await;
+    let one_lead = r#"{"require": [{"role": "lead", "count": 1}]}"#;
+    let id = gated(&t, &format!(r#"{{"gate": true, "approval": {one_lead}}}"#)).await;
+    if let Some(r) = t.running.take() {
+        r.shutdown().await;
+    }
+
+    // An insider flips the row to approved; the chain never approved it.
+    let db = rusqlite::Connection::open(t.dir.path().join("latch.db")).unwrap();
+    db.execute(
+        "UPDATE approvals SET state = 'approved', data = json_set(data, '$.state', 'approved') WHERE id = ?1",
+        [&id],
+    )
+    .unwrap();
+    t.restart().await;
+    let a = wait_state(t.admin(), &id, "failed").await;
+    assert!(
+        a["outcome"].as_str().unwrap().contains("no approval"),
+        "{a}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(up.requests().is_empty(), "a flipped row executed");
+    if let Some(r) = t.running.take() {
+        r.shutdown().await;
+    }
+
+    let config = latch::config::Config::parse(&t.config_path(), &t.config_text, &t.env).unwrap();
+    assert_eq!(latch::cli::audit_verify(&config), 0);
+
+    // Rewrite record 1 and recompute every later hash: consistent, but
+    // the MACs cannot be recomputed without the key.
+    let saved: Vec<(i64, String, String)> = db
+        .prepare("SELECT seq, details, hash FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let records: Vec<latch::audit::Record> = {
+        let store = latch::app::open_store(&config).unwrap();
+        store.audit_after(0, 1000).unwrap()
+    };
+    let mut prev = latch::audit::GENESIS.to_string();
+    for (i, r) in records.iter().enumerate() {
+        let mut details = r.details.clone();
+        if i == 0 {
+            details["risk"] = serde_json::json!("low");
+        }
+        let e = latch::audit::Event::new(&r.actor, &r.event, &r.subject, details.clone());
+        let sealed = latch::audit::seal(r.seq, r.ts.clone(), e, prev.clone(), None);
+        db.execute(
+            "UPDATE audit SET details = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+            rusqlite::params![details.to_string(), sealed.prev_hash, sealed.hash, r.seq],
+        )
+        .unwrap();
+        prev = sealed.hash;
+    }
+    db.execute("UPDATE audit_head SET hash = ?1", [&prev])
+        .unwrap();
+    assert_eq!(latch::cli::audit_verify(&config), 1);
+
+    // Restore, then drop the newest record: the keyed head notices.
+    for (seq, details, hash) in &saved {
+        db.execute(
+            "UPDATE audit SET details = ?1, hash = ?2, prev_hash = COALESCE((SELECT hash FROM audit WHERE seq = ?3 - 1), ?4) WHERE seq = ?3",
+            rusqlite::params![details, hash, seq, latch::audit::GENESIS],
+        )
+        .unwrap();
+    }
+    db.execute(
+        "UPDATE audit_head SET hash = ?1",
+        [&saved.last().unwrap().2],
+    )
+    .unwrap();
+    assert_eq!(latch::cli::audit_verify(&config), 0);
+    db.execute(
+        "DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)",
+        [],
+    )
+    .unwrap();
+    assert_eq!(latch::cli::audit_verify(&config), 1);
+}

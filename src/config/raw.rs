@@ -30,6 +30,9 @@ pub struct RawConfig {
     /// Log output.
     #[serde(default)]
     pub log: RawLog,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: RawAudit,
     /// The built-in demo tool upstream (for the README demo and tests).
     pub demo: Option<RawDemo>,
     /// Agents and humans.
@@ -127,6 +130,15 @@ pub struct RawGate {
     pub break_glass_roles: Vec<String>,
     /// Most approvals one agent may have pending at once (429 beyond).
     pub max_pending_per_agent: Option<Spanned<u64>>,
+}
+
+/// `[audit]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Environment variable holding the HMAC key (at least 32 bytes) that
+    /// makes the chain and its head unforgeable without it.
+    pub key_env: Option<Spanned<String>>,
 }
 
 /// `[log]`

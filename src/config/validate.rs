@@ -230,6 +230,36 @@ impl Validator<'_> {
         let demo = raw
             .demo
             .map(|d| self.addr(Some(d.upstream_listen), "demo.upstream_listen", ""));
+        let audit = AuditConfig {
+            key: raw
+                .audit
+                .key_env
+                .and_then(|var| match env.var(var.get_ref()) {
+                    Some(k) if k.len() >= crate::audit::AuditKey::MIN_LEN => {
+                        Some(crate::audit::AuditKey::new(k.as_bytes()))
+                    }
+                    Some(_) => {
+                        self.error(
+                            Some(var.span()),
+                            "audit.key_env",
+                            format!(
+                                "the key in {} must be at least {} bytes",
+                                var.get_ref(),
+                                crate::audit::AuditKey::MIN_LEN
+                            ),
+                        );
+                        None
+                    }
+                    None => {
+                        self.error(
+                            Some(var.span()),
+                            "audit.key_env",
+                            format!("environment variable {} is not set", var.get_ref()),
+                        );
+                        None
+                    }
+                }),
+        };
         let principals = self.principals(raw.principals, env);
         let routes = self.routes(raw.routes, base, env, &proxy, policy.mode);
         Config {
@@ -247,6 +277,7 @@ impl Validator<'_> {
                 break_glass_roles: raw.gate.break_glass_roles,
             },
             log,
+            audit,
             demo,
             principals,
             routes,

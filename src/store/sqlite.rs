@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{ApprovalQuery, Durability, HistoryRow, Inserted, Store};
-use crate::audit::{self, Event, Record};
+use crate::audit::{self, AuditKey, Event, Head, Record};
 use crate::gate::model::{Approval, State};
 use crate::history::Stats;
 
@@ -56,11 +56,29 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE action_history ADD COLUMN decision_ms_total INTEGER NOT NULL DEFAULT 0;",
     "CREATE INDEX approvals_agent_state ON approvals(agent, state);
      CREATE INDEX approvals_created ON approvals(created_at, id);",
+    "ALTER TABLE audit ADD COLUMN mac TEXT;
+     CREATE INDEX audit_subject ON audit(subject);
+     CREATE TABLE audit_head (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        seq  INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        mac  TEXT
+     );
+     INSERT INTO audit_head (id, seq, hash)
+        SELECT 1, seq, hash FROM audit ORDER BY seq DESC LIMIT 1;",
+    "CREATE TABLE sessions (
+        id_sha256 TEXT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        csrf      TEXT NOT NULL,
+        last_used INTEGER NOT NULL
+     );",
 ];
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     conn: Mutex<Db>,
+    /// Key for record MACs and the keyed head (never stored).
+    key: Option<AuditKey>,
     /// Tells the checkpoint thread to stop.
     stop: Arc<AtomicBool>,
 }
@@ -101,7 +119,7 @@ struct Db {
 
 impl SqliteStore {
     /// Open (creating if needed) the database file and migrate it.
-    pub fn open(path: &Path) -> anyhow::Result<SqliteStore> {
+    pub fn open(path: &Path, key: Option<AuditKey>) -> anyhow::Result<SqliteStore> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)
@@ -110,7 +128,7 @@ impl SqliteStore {
         }
         let conn = Connection::open(path)
             .with_context(|| format!("opening SQLite database {}", path.display()))?;
-        let store = Self::init(conn)
+        let store = Self::init(conn, key)
             .with_context(|| format!("preparing SQLite database {}", path.display()))?;
         store
             .db()?
@@ -124,11 +142,11 @@ impl SqliteStore {
     }
 
     /// A private in-memory database (nothing survives the process).
-    pub fn memory() -> anyhow::Result<SqliteStore> {
-        Self::init(Connection::open_in_memory()?)
+    pub fn memory(key: Option<AuditKey>) -> anyhow::Result<SqliteStore> {
+        Self::init(Connection::open_in_memory()?, key)
     }
 
-    fn init(mut conn: Connection) -> anyhow::Result<SqliteStore> {
+    fn init(mut conn: Connection, key: Option<AuditKey>) -> anyhow::Result<SqliteStore> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // WAL lets readers run beside the writer; FULL sync makes a commit
         // durable before we act on it.
@@ -160,6 +178,7 @@ impl SqliteStore {
             .optional()?
             .unwrap_or((0, audit::GENESIS.to_string()));
         Ok(SqliteStore {
+            key,
             conn: Mutex::new(Db { conn, tail }),
             stop: Arc::new(AtomicBool::new(false)),
         })
@@ -194,21 +213,26 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// Append `events` inside `tx`; the caller advances `tail` once it commits.
+/// Append `events` inside `tx` and move the head with them; the caller
+/// advances `tail` once it commits.
 fn append(
     tx: &rusqlite::Transaction<'_>,
     tail: &(i64, String),
     events: &[Event],
+    key: Option<&AuditKey>,
 ) -> anyhow::Result<Vec<Record>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO audit (seq, ts, actor, event, subject, details, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO audit (seq, ts, actor, event, subject, details, prev_hash, hash, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     let (mut seq, mut prev) = tail.clone();
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         seq += 1;
-        let r = audit::seal(seq, now_rfc3339(), e.clone(), prev);
+        let r = audit::seal(seq, now_rfc3339(), e.clone(), prev, key);
         stmt.execute(params![
             r.seq,
             r.ts,
@@ -217,11 +241,17 @@ fn append(
             r.subject,
             r.details.to_string(),
             r.prev_hash,
-            r.hash
+            r.hash,
+            r.mac
         ])?;
         prev = r.hash.clone();
         out.push(r);
     }
+    tx.prepare_cached(
+        "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?1, ?2, ?3)
+         ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
+    )?
+    .execute(params![seq, prev, key.map(|k| k.head_mac(seq, &prev))])?;
     Ok(out)
 }
 
@@ -238,6 +268,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
         prev_hash: r.get(6)?,
         hash: r.get(7)?,
+        mac: r.get(8)?,
     })
 }
 
@@ -345,7 +376,7 @@ impl Store for SqliteStore {
         }
         let result = (|| {
             let tx = conn.transaction()?;
-            let records = append(&tx, tail, events)?;
+            let records = append(&tx, tail, events, self.key.as_ref())?;
             tx.commit()?;
             Ok::<_, anyhow::Error>(records)
         })();
@@ -359,10 +390,37 @@ impl Store for SqliteStore {
         Ok(records)
     }
 
+    fn audit_head(&self) -> anyhow::Result<Option<Head>> {
+        let conn = self.conn()?;
+        conn.query_row(
+            "SELECT seq, hash, mac FROM audit_head WHERE id = 1",
+            [],
+            |r| {
+                Ok(Head {
+                    seq: r.get(0)?,
+                    hash: r.get(1)?,
+                    mac: r.get(2)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(Into::into)
+    }
+
+    fn audit_of(&self, subject: &str) -> anyhow::Result<Vec<Record>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, ts, actor, event, subject, details, prev_hash, hash, mac FROM audit
+             WHERE subject = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![subject], row_to_record)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
     fn audit_after(&self, after: i64, limit: usize) -> anyhow::Result<Vec<Record>> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, ts, actor, event, subject, details, prev_hash, hash FROM audit
+            "SELECT seq, ts, actor, event, subject, details, prev_hash, hash, mac FROM audit
              WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after, limit as i64], row_to_record)?;
@@ -404,7 +462,7 @@ impl Store for SqliteStore {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![a.id, a.state.as_str(), a.agent, a.idempotency_key, a.deadline, a.created_at, a.version, data, a.body, a.original_body, result_body],
         )?;
-        let records = append(&tx, tail, std::slice::from_ref(event))?;
+        let records = append(&tx, tail, std::slice::from_ref(event), self.key.as_ref())?;
         tx.commit()?;
         if let Some(last) = records.last() {
             *tail = (last.seq, last.hash.clone());
@@ -509,7 +567,7 @@ impl Store for SqliteStore {
         if changed == 0 {
             return Ok(false);
         }
-        let records = append(&tx, tail, events)?;
+        let records = append(&tx, tail, events, self.key.as_ref())?;
         tx.commit()?;
         if let Some(last) = records.last() {
             *tail = (last.seq, last.hash.clone());
@@ -545,11 +603,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/latch.db");
         {
-            let s = SqliteStore::open(&path).unwrap();
+            let s = SqliteStore::open(&path, None).unwrap();
             s.save_history(&[row("a", 1), row("b", 2)]).unwrap();
             s.save_history(&[row("a", 5)]).unwrap();
         }
-        let s = SqliteStore::open(&path).unwrap();
+        let s = SqliteStore::open(&path, None).unwrap();
         let mut rows = s.load_history().unwrap();
         rows.sort_by(|x, y| x.fingerprint.cmp(&y.fingerprint));
         assert_eq!(rows, vec![row("a", 5), row("b", 2)]);
@@ -560,11 +618,11 @@ mod tests {
     fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("latch.db");
-        drop(SqliteStore::open(&path).unwrap());
+        drop(SqliteStore::open(&path, None).unwrap());
         let c = Connection::open(&path).unwrap();
         c.pragma_update(None, "user_version", 99).unwrap();
         drop(c);
-        let err = SqliteStore::open(&path).err().unwrap();
+        let err = SqliteStore::open(&path, None).err().unwrap();
         assert!(format!("{err:#}").contains("newer"), "{err:#}");
     }
 }
