@@ -41,7 +41,21 @@ pub async fn handle(latch: Latch, req: Request<Incoming>, conn: Arc<ConnInfo>) -
         }
     };
     match op {
-        routes::Op::Metrics => metrics(&latch),
+        routes::Op::Metrics => match metrics_allowed(&latch, &req) {
+            true => metrics(&latch),
+            false => {
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "send the metrics bearer token",
+                );
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"latch-metrics\""),
+                );
+                r
+            }
+        },
         routes::Op::Healthz => json(StatusCode::OK, &json!({"status": "ok"})),
         routes::Op::Readyz => readyz(&latch).await,
         routes::Op::OpenApi => json(StatusCode::OK, &routes::openapi(&table)),
@@ -167,8 +181,17 @@ async fn login(latch: &Latch, req: Request<Incoming>, conn: &ConnInfo) -> Respon
     match principal {
         Some(p) => {
             tracing::info!(principal = %p.id, "dashboard login");
-            let (id, _) = latch.sessions.create(p);
-            redirect("/", Some(session::set_cookie(Some(&id), tls)))
+            match latch.sessions.create(p) {
+                Ok((id, _)) => redirect("/", Some(session::set_cookie(Some(&id), tls))),
+                Err(e) => {
+                    tracing::error!(error = %e, "storing a dashboard session failed");
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        "cannot start a session now",
+                    )
+                }
+            }
         }
         None => {
             latch.throttle.failed(ip);
@@ -203,6 +226,22 @@ pub(crate) fn error(status: StatusCode, code: &'static str, message: &str) -> Re
     r.headers_mut()
         .insert("latch-error", HeaderValue::from_static(code));
     r
+}
+
+/// `/metrics` is open unless `[admin] metrics_token_env` names a token.
+fn metrics_allowed(latch: &Latch, req: &Request<Incoming>) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(want) = &latch.config.admin.metrics_token_sha256 else {
+        return true;
+    };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| crate::config::sha256(t.trim().as_bytes()));
+    presented.is_some_and(|p| bool::from(p.ct_eq(want)))
 }
 
 fn metrics(latch: &Latch) -> Response<Body> {

@@ -112,9 +112,11 @@ impl Latch {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let evaluators = crate::policy::pool::Evaluators::start(threads)
             .context("starting the policy evaluators")?;
+        let directory = Arc::new(Directory::new(&config.principals));
+        let sessions = crate::admin::session::Sessions::new(store.clone(), directory.clone());
         Ok(Latch(Arc::new(Inner {
             evaluators,
-            directory: Arc::new(Directory::new(&config.principals)),
+            directory: directory.clone(),
             routes,
             policy: RwLock::new(Arc::new(policy)),
             history,
@@ -123,7 +125,7 @@ impl Latch {
             audit,
             waiters: crate::gate::Waiters::default(),
             policy_status: std::sync::Mutex::new(PolicyStatus::default()),
-            sessions: Default::default(),
+            sessions,
             throttle: Default::default(),
             events: tokio::sync::broadcast::channel(1024).0,
             config,

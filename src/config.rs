@@ -128,6 +128,8 @@ pub struct AdminConfig {
     pub body_read_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// SHA-256 of the bearer token `/metrics` requires, if any.
+    pub metrics_token_sha256: Option<[u8; 32]>,
     /// TLS, if any.
     pub tls: Option<TlsConfig>,
 }

@@ -87,6 +87,20 @@ impl Cursor {
     }
 }
 
+/// A dashboard session as stored (the cookie itself is never stored, only
+/// its SHA-256, so reading the database does not hand out live sessions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Hex SHA-256 of the session id.
+    pub id_sha256: String,
+    /// Principal id.
+    pub principal: String,
+    /// The session's CSRF token.
+    pub csrf: String,
+    /// Unix seconds of the last use.
+    pub last_used: i64,
+}
+
 /// How durable an audit append must be before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -103,8 +117,15 @@ pub trait Store: Send + Sync + 'static {
     fn load_history(&self) -> anyhow::Result<Vec<HistoryRow>>;
     /// Insert or replace these action classes, atomically.
     fn save_history(&self, rows: &[HistoryRow]) -> anyhow::Result<()>;
-    /// A cheap check that the store answers (for `/readyz`).
+    /// A cheap check that the store answers and can be written (for `/readyz`).
     fn ping(&self) -> anyhow::Result<()>;
+
+    /// Insert or update a dashboard session.
+    fn save_session(&self, s: &StoredSession) -> anyhow::Result<()>;
+    /// A dashboard session by the SHA-256 of its id.
+    fn session(&self, id_sha256: &str) -> anyhow::Result<Option<StoredSession>>;
+    /// End a dashboard session.
+    fn delete_session(&self, id_sha256: &str) -> anyhow::Result<()>;
 
     /// Append events to the audit chain, atomically, in order.
     fn append_audit(&self, events: &[Event], durability: Durability)

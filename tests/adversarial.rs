@@ -739,3 +739,88 @@ async fn v10_a_keyed_chain_catches_rewrites_truncation_and_flipped_approvals() {
     .unwrap();
     assert_eq!(latch::cli::audit_verify(&config), 1);
 }
+
+#[tokio::test]
+async fn also_readyz_says_not_ready_while_the_store_cannot_be_written() {
+    let up = Upstream::start().await;
+    let t = TestLatch::start(&up.url()).await;
+    let readyz = || async {
+        let req = http::Request::get(format!("http://{}/readyz", t.admin()))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(req).await
+    };
+    assert_eq!(readyz().await.status, 200);
+    // Another process holds the write lock: reads work, writes cannot.
+    let db = rusqlite::Connection::open(t.dir.path().join("latch.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let a = readyz().await;
+    assert_eq!(a.status, 503, "{:?}", a.body);
+    assert!(a.json()["store"]
+        .as_str()
+        .unwrap()
+        .contains("cannot be written"));
+    db.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(readyz().await.status, 200);
+}
+
+#[tokio::test]
+async fn also_metrics_can_require_a_bearer_token() {
+    let up = Upstream::start().await;
+    let mut t = TestLatch::start(&up.url()).await;
+    t.env.insert("METRICS_TOKEN".into(), "scrape-me".into());
+    t.config_text = t.config_text.replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\nmetrics_token_env = \"METRICS_TOKEN\"\n",
+    );
+    t.restart().await;
+    let get = |token: Option<&str>| {
+        let mut req = http::Request::get(format!("http://{}/metrics", t.admin()));
+        if let Some(tok) = token {
+            req = req.header("authorization", format!("Bearer {tok}"));
+        }
+        send(req.body(Full::new(Bytes::new())).unwrap())
+    };
+    assert_eq!(get(None).await.status, 401);
+    assert_eq!(get(Some("wrong")).await.status, 401);
+    let a = get(Some("scrape-me")).await;
+    assert_eq!(a.status, 200);
+    assert!(String::from_utf8_lossy(&a.body).contains("latch_requests_in_flight"));
+}
+
+#[tokio::test]
+async fn also_dashboard_sessions_survive_a_restart() {
+    let up = Upstream::start().await;
+    let mut t = TestLatch::start(&up.url()).await;
+    let req = http::Request::post(format!("http://{}/login", t.admin()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from("token=alice-token")))
+        .unwrap();
+    let a = send(req).await;
+    assert_eq!(a.status, 303);
+    let cookie = a
+        .header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    t.restart().await;
+    let req = http::Request::get(format!("http://{}/api/v1/session", t.admin()))
+        .header("cookie", &cookie)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = send(req).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.json()["principal"], "alice");
+    // The cookie itself is not in the database, only its digest.
+    let db = rusqlite::Connection::open(t.dir.path().join("latch.db")).unwrap();
+    let id = cookie.split_once('=').unwrap().1;
+    let n: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM sessions WHERE id_sha256 = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0);
+}

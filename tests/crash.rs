@@ -34,11 +34,17 @@ fn latch_cmd(dir: &Path) -> Command {
     c
 }
 
+/// `latch serve`, its log (stderr, not a terminal) appended to `latch.log`.
 async fn serve(dir: &Path, proxy: SocketAddr) -> Serve {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("latch.log"))
+        .unwrap();
     let child = latch_cmd(dir)
         .args(["serve", "--config", "latch.toml"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
     for _ in 0..200 {
@@ -76,6 +82,10 @@ async fn pending_approvals_survive_kill_9_and_the_audit_chain_verifies() {
 
     let mut server = serve(dir.path(), proxy).await;
     assert_eq!(call("POST", proxy, "/tools/echo/a", "{}").await.status, 200);
+    // A log file gets plain lines, no terminal colour codes.
+    let log = std::fs::read_to_string(dir.path().join("latch.log")).unwrap();
+    assert!(log.contains("latch started"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI codes in the log file: {log:?}");
     let body = r#"{"gate": true, "approval": {"require": [{"role": "lead", "count": 1}]}}"#;
     let req = |key: &str| {
         agent_request("POST", proxy, "/tools/echo/send")

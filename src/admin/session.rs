@@ -2,6 +2,10 @@
 //! gets an HttpOnly, SameSite=Strict cookie (Secure on TLS). Every
 //! state-changing request made with the cookie must carry the session's CSRF
 //! token; requests with a bearer token need none (no ambient credential).
+//!
+//! Sessions are kept in memory and written through to the store (by the
+//! SHA-256 of their id), so a restart does not log reviewers out. These are
+//! rare, small writes (a login, a use at most once a minute), made inline.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,12 +14,15 @@ use dashmap::DashMap;
 use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
-use crate::identity::Principal;
+use crate::identity::{Directory, Principal};
+use crate::store::{Store, StoredSession};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "latch_session";
 /// How long a session lasts without use.
 const IDLE: Duration = Duration::from_secs(8 * 3600);
+/// How often a session's last use is written to the store.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 /// A logged-in reviewer.
 #[derive(Clone)]
@@ -25,12 +32,23 @@ pub struct Session {
     /// Required in `x-csrf-token` (or a `csrf` form field) on state changes.
     pub csrf: String,
     last_used: Instant,
+    /// When `last_used` was last written to the store.
+    stored: Instant,
 }
 
-/// All live sessions (in memory: a restart logs reviewers out, nothing else).
-#[derive(Default)]
+/// All live sessions: a cache in front of the store.
 pub struct Sessions {
     map: DashMap<String, Session>,
+    store: Arc<dyn Store>,
+    directory: Arc<Directory>,
+}
+
+fn id_digest(id: &str) -> String {
+    crate::config::hex(&crate::config::sha256(id.as_bytes()))
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
 }
 
 fn random_hex() -> String {
@@ -40,38 +58,100 @@ fn random_hex() -> String {
 }
 
 impl Sessions {
-    /// Start a session; returns its id.
-    pub fn create(&self, principal: Arc<Principal>) -> (String, Session) {
+    /// Sessions kept in `store`, for principals in `directory`.
+    pub fn new(store: Arc<dyn Store>, directory: Arc<Directory>) -> Sessions {
+        Sessions {
+            map: DashMap::new(),
+            store,
+            directory,
+        }
+    }
+
+    /// Start a session; returns its id. Fails when the store cannot keep it.
+    pub fn create(&self, principal: Arc<Principal>) -> anyhow::Result<(String, Session)> {
         let id = random_hex();
         let s = Session {
             principal,
             csrf: random_hex(),
             last_used: Instant::now(),
+            stored: Instant::now(),
         };
+        self.store.save_session(&StoredSession {
+            id_sha256: id_digest(&id),
+            principal: s.principal.id.clone(),
+            csrf: s.csrf.clone(),
+            last_used: unix_now(),
+        })?;
         // Drop expired sessions now and then, so the map cannot grow forever.
         if self.map.len().is_multiple_of(64) {
             self.map.retain(|_, s| s.last_used.elapsed() < IDLE);
         }
         self.map.insert(id.clone(), s.clone());
-        (id, s)
+        Ok((id, s))
     }
 
-    /// The session named by the request's cookie, if live.
+    /// The session named by the request's cookie, if live (from the store
+    /// after a restart).
     pub fn from_headers(&self, headers: &HeaderMap) -> Option<(String, Session)> {
         let id = cookie(headers, COOKIE)?;
+        if !self.map.contains_key(&id) {
+            let loaded = self.load(&id)?;
+            self.map.insert(id.clone(), loaded);
+        }
         let mut entry = self.map.get_mut(&id)?;
         if entry.last_used.elapsed() >= IDLE {
             drop(entry);
-            self.map.remove(&id);
+            self.remove(&id);
             return None;
         }
         entry.last_used = Instant::now();
+        if entry.stored.elapsed() >= TOUCH_EVERY {
+            entry.stored = Instant::now();
+            let touched = StoredSession {
+                id_sha256: id_digest(&id),
+                principal: entry.principal.id.clone(),
+                csrf: entry.csrf.clone(),
+                last_used: unix_now(),
+            };
+            if let Err(e) = self.store.save_session(&touched) {
+                tracing::warn!(error = %e, "could not record a session's use");
+            }
+        }
         Some((id, entry.clone()))
+    }
+
+    fn load(&self, id: &str) -> Option<Session> {
+        let stored = match self.store.session(&id_digest(id)) {
+            Ok(s) => s?,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a session failed");
+                return None;
+            }
+        };
+        let idle = u64::try_from(unix_now() - stored.last_used).unwrap_or(0);
+        // A principal removed from the config loses its sessions too.
+        let principal = self.directory.get(&stored.principal)?.clone();
+        if idle >= IDLE.as_secs() {
+            self.remove(id);
+            return None;
+        }
+        let last_used = Instant::now()
+            .checked_sub(Duration::from_secs(idle))
+            .unwrap_or_else(Instant::now);
+        Some(Session {
+            principal,
+            csrf: stored.csrf,
+            last_used,
+            stored: last_used,
+        })
     }
 
     /// End a session.
     pub fn remove(&self, id: &str) {
         self.map.remove(id);
+        if let Err(e) = self.store.delete_session(&id_digest(id)) {
+            tracing::warn!(error = %e, "could not delete a session");
+        }
     }
 }
 
@@ -111,19 +191,43 @@ pub fn set_cookie(id: Option<&str>, secure: bool) -> String {
 mod tests {
     use super::*;
 
-    fn principal() -> Arc<Principal> {
-        Arc::new(Principal {
+    fn setup() -> (Sessions, Arc<Principal>, Arc<dyn Store>, Arc<Directory>) {
+        let cfg = crate::config::PrincipalConfig {
             id: "alice".into(),
             roles: vec!["lead".into()],
             owners: vec![],
-            input: regorus::Value::Null,
-        })
+            token_sha256: None,
+            cert_names: vec![],
+        };
+        let dir = Arc::new(Directory::new(&[cfg]));
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sqlite::SqliteStore::memory(None).unwrap());
+        let p = dir.get("alice").unwrap().clone();
+        (Sessions::new(store.clone(), dir.clone()), p, store, dir)
+    }
+
+    #[test]
+    fn sessions_survive_a_restart_through_the_store() {
+        let (s, p, store, dir) = setup();
+        let (id, session) = s.create(p).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::COOKIE,
+            format!("{COOKIE}={id}").parse().unwrap(),
+        );
+        // A new process: empty cache, same store.
+        let again = Sessions::new(store, dir);
+        let (_, got) = again.from_headers(&h).unwrap();
+        assert_eq!(got.principal.id, "alice");
+        assert!(csrf_ok(&got, Some(&session.csrf)));
+        again.remove(&id);
+        assert!(s.store.session(&id_digest(&id)).unwrap().is_none());
     }
 
     #[test]
     fn sessions_round_trip_through_the_cookie() {
-        let s = Sessions::default();
-        let (id, session) = s.create(principal());
+        let (s, p, _, _) = setup();
+        let (id, session) = s.create(p).unwrap();
         let mut h = HeaderMap::new();
         h.insert(
             http::header::COOKIE,

@@ -91,6 +91,9 @@ pub struct RawAdmin {
     pub body_read_timeout_ms: Option<Spanned<u64>>,
     /// Most connections open at once; more wait to be accepted.
     pub max_connections: Option<Spanned<u64>>,
+    /// Environment variable holding a bearer token `/metrics` then requires
+    /// (Prometheus `authorization.credentials`).
+    pub metrics_token_env: Option<Spanned<String>>,
     /// TLS for the admin listener.
     pub tls: Option<Spanned<RawTls>>,
 }

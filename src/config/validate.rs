@@ -182,6 +182,19 @@ impl Validator<'_> {
             )),
             max_connections: self.positive(a.max_connections, "admin.max_connections", 256)
                 as usize,
+            metrics_token_sha256: a.metrics_token_env.and_then(|var| {
+                match env.var(var.get_ref()) {
+                    Some(t) if !t.trim().is_empty() => Some(sha256(t.trim().as_bytes())),
+                    _ => {
+                        self.error(
+                            Some(var.span()),
+                            "admin.metrics_token_env",
+                            format!("environment variable {} is not set", var.get_ref()),
+                        );
+                        None
+                    }
+                }
+            }),
             listen: self.addr(a.listen, "admin.listen", "127.0.0.1:8081"),
             tls: self.tls(base, a.tls, "admin.tls", false),
         };

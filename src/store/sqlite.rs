@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Context};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{ApprovalQuery, Durability, HistoryRow, Inserted, Store};
+use super::{ApprovalQuery, Durability, HistoryRow, Inserted, Store, StoredSession};
 use crate::audit::{self, AuditKey, Event, Head, Record};
 use crate::gate::model::{Approval, State};
 use crate::history::Stats;
@@ -359,6 +359,50 @@ impl Store for SqliteStore {
     fn ping(&self) -> anyhow::Result<()> {
         let conn = self.conn()?;
         let _: Option<i64> = conn.query_row("SELECT 1", [], |r| r.get(0)).optional()?;
+        // Readable is not enough: take the write lock (and give it back) so a
+        // read-only, locked or broken database shows as not ready. Briefly:
+        // real writers queue behind this probe.
+        conn.busy_timeout(std::time::Duration::from_millis(250))?;
+        let probe = conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;");
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        probe.context("the database cannot be written")?;
+        Ok(())
+    }
+
+    fn save_session(&self, s: &StoredSession) -> anyhow::Result<()> {
+        let conn = self.conn()?;
+        conn.prepare_cached(
+            "INSERT INTO sessions (id_sha256, principal, csrf, last_used) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(id_sha256) DO UPDATE SET last_used = excluded.last_used",
+        )?
+        .execute(params![s.id_sha256, s.principal, s.csrf, s.last_used])?;
+        Ok(())
+    }
+
+    fn session(&self, id_sha256: &str) -> anyhow::Result<Option<StoredSession>> {
+        let conn = self.conn()?;
+        conn.query_row(
+            "SELECT id_sha256, principal, csrf, last_used FROM sessions WHERE id_sha256 = ?1",
+            params![id_sha256],
+            |r| {
+                Ok(StoredSession {
+                    id_sha256: r.get(0)?,
+                    principal: r.get(1)?,
+                    csrf: r.get(2)?,
+                    last_used: r.get(3)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(Into::into)
+    }
+
+    fn delete_session(&self, id_sha256: &str) -> anyhow::Result<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            "DELETE FROM sessions WHERE id_sha256 = ?1",
+            params![id_sha256],
+        )?;
         Ok(())
     }
 
