@@ -123,7 +123,7 @@ async fn pipeline(
     }
     // The policy and the tool must agree on the method: `delete` is not
     // `DELETE` to a Rego rule, but many tools treat them alike.
-    if !is_upper_token(req.method().as_str()) {
+    if !headers::is_upper_token(req.method().as_str()) {
         return Err(ProxyError::BadMethod);
     }
     let decoded_path = path::normalize(req.uri().path())?;
@@ -365,13 +365,6 @@ async fn pipeline(
                 .map(Step::Answer)
         }
     }
-}
-
-/// An HTTP method token in upper case (`GET`, `DELETE`, `M-SEARCH`).
-fn is_upper_token(m: &str) -> bool {
-    !m.is_empty()
-        && m.bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// The body to send upstream: the buffered bytes, or the agent's stream

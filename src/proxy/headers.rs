@@ -17,6 +17,16 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Whether `m` is an HTTP method token in upper case (`GET`, `DELETE`,
+/// `M-SEARCH`): the only methods Latch proxies, so that the policy and the
+/// tool cannot disagree about `delete` versus `DELETE`.
+pub fn is_upper_token(m: &str) -> bool {
+    !m.is_empty()
+        && m
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 /// Remove hop-by-hop headers, including every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
