@@ -10,6 +10,8 @@ fn latch(args: &[&str], dir: &Path) -> Output {
         .current_dir(dir)
         .env("SUPPORT_BOT_TOKEN", "t")
         .env("EMAIL_API_KEY", "Bearer k")
+        .env("LATCH_AUDIT_KEY", "an-audit-key-of-at-least-32-bytes!")
+        .env("LATCH_METRICS_TOKEN", "scrape")
         .output()
         .unwrap()
 }

@@ -109,3 +109,23 @@ fn token_sha256_must_be_hex() {
     .unwrap();
     assert_eq!(c.principals[0].token_sha256, Some(sha256(b"t")));
 }
+
+#[test]
+fn hardening_keys_are_validated_with_their_lines() {
+    let errs = errors(
+        "[audit]\nkey_env = \"BOT_TOKEN\"\n\n[admin]\nmetrics_token_env = \"NOPE\"\nmax_connections = 0\n\n[gate]\nmax_pending_per_agent = 0\n\n[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstream = \"http://x\"\nbody = \"json\"\n",
+    );
+    for want in [
+        ":2: audit.key_env",
+        ":5: admin.metrics_token_env",
+        ":6: admin.max_connections",
+        ":9: gate.max_pending_per_agent",
+        ":15: routes[0].body",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+    }
+    let c = parse("[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstream = \"http://x\"\nbody = \"opaque\"\n\n[[routes]]\nname = \"b\"\nprefix = \"/b\"\nupstream = \"http://x\"\nstream_body = true\n").unwrap();
+    assert!(c.routes.iter().all(|r| r.opaque_body));
+    assert_eq!(c.gate.max_pending_per_agent, 100);
+    assert!(c.audit.key.is_none());
+}

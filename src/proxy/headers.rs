@@ -22,8 +22,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// tool cannot disagree about `delete` versus `DELETE`.
 pub fn is_upper_token(m: &str) -> bool {
     !m.is_empty()
-        && m
-            .bytes()
+        && m.bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
