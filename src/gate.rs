@@ -662,15 +662,7 @@ async fn send(latch: &Latch, a: &Approval) -> Result<StoredResult, String> {
     let uri = route
         .upstream_uri(suffix, query)
         .map_err(|e| e.to_string())?;
-    let mut headers = http::HeaderMap::new();
-    for (k, v) in &a.headers {
-        if let (Ok(k), Ok(v)) = (
-            http::HeaderName::from_bytes(k.as_bytes()),
-            http::HeaderValue::from_str(v),
-        ) {
-            headers.append(k, v);
-        }
-    }
+    let mut headers = a.header_map();
     headers.insert(
         http::header::CONTENT_LENGTH,
         http::HeaderValue::from(a.body.len()),

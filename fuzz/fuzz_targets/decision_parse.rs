@@ -3,9 +3,9 @@
 //! requirements, `on_timeout: allow` never for high or critical risk).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use latch::policy::decision::{Action, OnTimeout, Risk};
 use latch::policy::Decision;
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(value) = latch::policy::body::parse_json(data) else {
@@ -15,9 +15,15 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if d.action == Action::Gate {
-        let spec = d.approval.as_ref().unwrap_or_else(|| panic!("gate without approval: {d:?}"));
+        let spec = d
+            .approval
+            .as_ref()
+            .unwrap_or_else(|| panic!("gate without approval: {d:?}"));
         assert!(!spec.require.is_empty());
-        assert!(spec.require.iter().all(|r| r.count > 0 && !r.role.is_empty()));
+        assert!(spec
+            .require
+            .iter()
+            .all(|r| r.count > 0 && !r.role.is_empty()));
         assert!(spec.timeout_s > 0);
         if d.risk >= Risk::High {
             assert_ne!(spec.on_timeout, OnTimeout::Allow);

@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let body = decoded.strip_suffix('/').unwrap_or(&decoded);
     if !body.is_empty() {
         for seg in body[1..].split('/') {
-            assert!(!seg.is_empty() && seg != "." && seg != "..", "{raw:?} -> {decoded:?}");
+            assert!(
+                !seg.is_empty() && seg != "." && seg != "..",
+                "{raw:?} -> {decoded:?}"
+            );
         }
     }
     // Raw and decoded agree on the number of segments: no encoded `/`.

@@ -5,9 +5,9 @@
 
 use bytes::Bytes;
 use http::HeaderMap;
-use libfuzzer_sys::fuzz_target;
 use latch::policy::body::{self, Format};
 use latch::policy::input;
+use libfuzzer_sys::fuzz_target;
 
 const TYPES: &[&str] = &[
     "application/json",
@@ -30,14 +30,25 @@ fuzz_target!(|data: &[u8]| {
     let mut headers = HeaderMap::new();
     let ct = TYPES[usize::from(selector) % TYPES.len()];
     if !ct.is_empty() {
-        headers.insert(http::header::CONTENT_TYPE, ct.parse().unwrap_or_else(|_| unreachable!()));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            ct.parse().unwrap_or_else(|_| unreachable!()),
+        );
     }
     let ce = ENCODINGS[usize::from(selector / 8) % ENCODINGS.len()];
     if !ce.is_empty() {
-        headers.insert(http::header::CONTENT_ENCODING, ce.parse().unwrap_or_else(|_| unreachable!()));
+        headers.insert(
+            http::header::CONTENT_ENCODING,
+            ce.parse().unwrap_or_else(|_| unreachable!()),
+        );
     }
     let limit = 4096;
-    let Ok(judged) = body::judge(&headers, Bytes::copy_from_slice(body), limit, selector & 0x80 != 0) else {
+    let Ok(judged) = body::judge(
+        &headers,
+        Bytes::copy_from_slice(body),
+        limit,
+        selector & 0x80 != 0,
+    ) else {
         return;
     };
     assert!(judged.bytes.len() as u64 <= limit || judged.format == Format::Opaque);
@@ -73,7 +84,14 @@ fuzz_target!(|data: &[u8]| {
     let route = input::route_facts("r", "http://127.0.0.1:1", "tool");
     let agent = input::agent_facts("bot", &["agent".to_string()]);
     let now = chrono::Utc::now();
-    let doc = input::build(&facts, &route, &agent, ("tool", args, "00"), &Default::default(), now);
+    let doc = input::build(
+        &facts,
+        &route,
+        &agent,
+        ("tool", args, "00"),
+        &Default::default(),
+        now,
+    );
     assert_eq!(doc["action"]["tool"], regorus::Value::from("tool"));
     assert_eq!(doc["request"]["body"], judged.value);
 });

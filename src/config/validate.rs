@@ -70,6 +70,10 @@ impl Validator<'_> {
         }
     }
 
+    fn millis(&mut self, value: Option<Spanned<u64>>, key: &str, default: u64) -> Duration {
+        Duration::from_millis(self.positive(value, key, default))
+    }
+
     fn path(
         &mut self,
         base: &Path,
@@ -149,37 +153,37 @@ impl Validator<'_> {
             listen: self.addr(p.listen, "proxy.listen", "127.0.0.1:8080"),
             hold: Duration::from_secs(self.positive(p.hold_s, "proxy.hold_s", 50)),
             max_body_bytes: self.positive(p.max_body_bytes, "proxy.max_body_bytes", 1 << 20),
-            header_read_timeout: Duration::from_millis(self.positive(
+            header_read_timeout: self.millis(
                 p.header_read_timeout_ms,
                 "proxy.header_read_timeout_ms",
                 10_000,
-            )),
-            upstream_timeout: Duration::from_millis(self.positive(
+            ),
+            upstream_timeout: self.millis(
                 p.upstream_timeout_ms,
                 "proxy.upstream_timeout_ms",
                 30_000,
-            )),
-            body_read_timeout: Duration::from_millis(self.positive(
+            ),
+            body_read_timeout: self.millis(
                 p.body_read_timeout_ms,
                 "proxy.body_read_timeout_ms",
                 30_000,
-            )),
+            ),
             max_connections: self.positive(p.max_connections, "proxy.max_connections", 4096)
                 as usize,
             tls: self.tls(base, p.tls, "proxy.tls", true),
         };
         let a = raw.admin;
         let admin = AdminConfig {
-            header_read_timeout: Duration::from_millis(self.positive(
+            header_read_timeout: self.millis(
                 a.header_read_timeout_ms,
                 "admin.header_read_timeout_ms",
                 10_000,
-            )),
-            body_read_timeout: Duration::from_millis(self.positive(
+            ),
+            body_read_timeout: self.millis(
                 a.body_read_timeout_ms,
                 "admin.body_read_timeout_ms",
                 10_000,
-            )),
+            ),
             max_connections: self.positive(a.max_connections, "admin.max_connections", 256)
                 as usize,
             metrics_token_sha256: a.metrics_token_env.and_then(|var| {

@@ -170,6 +170,21 @@ pub struct Approval {
 }
 
 impl Approval {
+    /// The stored request headers as a header map (unparseable ones, which
+    /// Latch never stores, are skipped).
+    pub fn header_map(&self) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in &self.headers {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
+                map.append(k, v);
+            }
+        }
+        map
+    }
+
     /// Requirements of the current level.
     pub fn requirements(&self) -> &[Requirement] {
         let Some(spec) = &self.decision.approval else {

@@ -39,15 +39,7 @@ pub async fn rejudge(latch: &Latch, a: &Approval, new: &Json) -> Result<Rejudged
         .directory
         .get(&a.agent)
         .ok_or_else(|| GateError::Invalid(format!("agent {} no longer exists", a.agent)))?;
-    let mut headers = http::HeaderMap::new();
-    for (k, v) in &a.headers {
-        if let (Ok(k), Ok(v)) = (
-            http::HeaderName::from_bytes(k.as_bytes()),
-            http::HeaderValue::from_str(v),
-        ) {
-            headers.append(k, v);
-        }
-    }
+    let headers = a.header_map();
     let invalid = |e: body::BodyError| GateError::Invalid(e.to_string());
     let limit = route.config.max_body_bytes;
     let current = body::judge(
