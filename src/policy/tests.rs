@@ -164,3 +164,17 @@ fn hash_changes_with_content() {
     assert_ne!(a.hash(), b.hash());
     assert_eq!(a.hash(), a.clone().hash());
 }
+
+#[test]
+fn an_answer_past_the_time_limit_is_a_deny_whatever_it_says() {
+    let allow = Value::from(json!({"action": "allow", "risk": "low", "reasons": [], "code": "ok"}));
+    let on_time = finish(Ok(allow.clone()), Instant::now(), Duration::from_millis(50));
+    assert_eq!(on_time.decision.action, Action::Allow);
+    let started = Instant::now()
+        .checked_sub(Duration::from_millis(211))
+        .unwrap();
+    let late = finish(Ok(allow), started, Duration::from_millis(50));
+    assert_eq!(late.decision.action, Action::Deny);
+    assert_eq!(late.decision.code, "policy_error");
+    assert!(late.error.unwrap().contains("past the 50 ms limit"));
+}
