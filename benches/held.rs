@@ -5,9 +5,10 @@
 //! (default 10000 held calls), `RELEASES` (default 300 approvals timed).
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use latch::testing::{fixed_upstream, free_addr, Proc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -15,21 +16,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -46,32 +32,6 @@ import rego.v1
 decision := {"action": "gate", "risk": "medium", "code": "held", "reasons": ["benchmark"],
              "approval": {"require": [{"role": "lead", "count": 1}], "timeout_s": 3600}}
 "#;
-
-/// A tiny upstream for the approved calls.
-async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"{\"ok\":true}")),
-                    ))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 async fn admin_post(addr: SocketAddr, path: &str) -> u16 {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
@@ -119,7 +79,7 @@ fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("policies")).expect("mkdir");
         std::fs::write(dir.path().join("policies/p.rego"), POLICY).expect("policy");
-        let up = upstream().await;
+        let up = fixed_upstream(b"{\"ok\":true}");
         let (proxy, admin) = (free_addr(), free_addr());
         let config = format!(
             r#"[proxy]

@@ -82,8 +82,8 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|h| http::HeaderName::from_static(h))
         .collect();
-    let route = input::route_facts("trade", "http://127.0.0.1:9001/trade", "execute_trade");
-    let agent = input::agent_facts("support-bot", &["agent".to_string()]);
+    let route = latch::upstream::route_facts("trade", "http://127.0.0.1:9001/trade", "execute_trade");
+    let agent = latch::identity::agent_facts("support-bot", &["agent".to_string()]);
     let raw = br#"{"symbol": "ACME", "amount": 5000, "currency": "EUR"}"#;
     g.bench_function("input/build_from_request", |b| {
         b.iter(|| {
@@ -95,7 +95,7 @@ fn bench(c: &mut Criterion) {
             )
             .unwrap();
             let body = judged.value;
-            let query = input::parse_query(Some("dry_run=false"));
+            let query = latch::http_util::query::parse_query(Some("dry_run=false"));
             let args = input::args(&body, &query);
             let facts = input::RequestFacts {
                 method: "POST",

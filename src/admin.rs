@@ -1,80 +1,110 @@
 //! The admin listener: the approvals and audit API for humans (`/api/v1`),
-//! health, readiness and Prometheus metrics for SREs. Every route is in
-//! [`routes::endpoints`], which is also where `/api/openapi.json` comes from.
+//! the reviewers' dashboard, health, readiness and Prometheus metrics for
+//! SREs. Every route is in [`routes::endpoints`], which is also where
+//! `/api/openapi.json` comes from.
 
 mod api;
+pub mod error;
 pub mod routes;
 pub mod session;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use serde_json::json;
 
-use crate::app::Latch;
-use crate::server::{full, json, Body, ConnInfo};
+use crate::config::AdminConfig;
+use crate::gate::Gate;
+use crate::history::History;
+use crate::http_util::query::{parse_query, Query};
+use crate::http_util::{full, json, Body};
+use crate::identity::Directory;
+use crate::policy::Engine;
+use crate::server::ConnInfo;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::throttle::{Key, Throttle};
+use error::AdminError;
+use routes::{Endpoint, Op, Public, Resolved};
 
-/// Handle one admin request.
-pub async fn handle(latch: Latch, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
-    let table = routes::endpoints();
-    let (op, id) = match routes::resolve(&table, req.method(), req.uri().path()) {
-        routes::Resolved::Found(op, id) => (op, id),
-        routes::Resolved::NotFound => {
-            return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
-        }
-        routes::Resolved::WrongMethod(allowed) => {
-            let allow = allowed
-                .iter()
-                .map(Method::as_str)
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut r = error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                &format!("use {allow}"),
-            );
-            if let Ok(v) = HeaderValue::from_str(&allow) {
-                r.headers_mut().insert(http::header::ALLOW, v);
-            }
-            return r;
+/// What the admin listener is built from.
+pub struct Parts {
+    /// `[admin]`.
+    pub config: AdminConfig,
+    /// Roles that may break glass (shown to the dashboard).
+    pub break_glass_roles: Vec<String>,
+    /// The approval engine.
+    pub gate: Gate,
+    /// The live policy (reloads, `/readyz`).
+    pub policy: Engine,
+    /// Durable state (listing approvals, audit records, readiness).
+    pub store: Arc<dyn Store>,
+    /// Principals.
+    pub directory: Arc<Directory>,
+    /// Dashboard sessions.
+    pub sessions: session::Sessions,
+    /// Failed-authentication counts, shared with the proxy.
+    pub throttle: Arc<Throttle>,
+    /// Action history (context for reviewers).
+    pub history: Arc<History>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Cheap-to-clone handle to the admin listener's state.
+#[derive(Clone)]
+pub struct Admin(Arc<Shared>);
+
+struct Shared {
+    parts: Parts,
+    /// The route table, built once.
+    table: Vec<Endpoint>,
+}
+
+impl Admin {
+    /// An admin listener over `parts`.
+    pub fn new(parts: Parts) -> Admin {
+        Admin(Arc::new(Shared {
+            parts,
+            table: routes::endpoints(),
+        }))
+    }
+}
+
+impl std::ops::Deref for Admin {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0.parts
+    }
+}
+
+/// Handle one admin request. Any body type works, so tests can call this
+/// in-process (see [`crate::http_util::boxed_request`]).
+pub async fn handle(admin: Admin, req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
+    let (op, id) = match routes::resolve(&admin.0.table, req.method(), req.uri().path()) {
+        Resolved::Found(op, id) => (op, id),
+        Resolved::NotFound => return AdminError::NoEndpoint.into_response(),
+        Resolved::WrongMethod(allowed) => {
+            let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>();
+            return AdminError::WrongMethod(allow.join(", ")).into_response();
         }
     };
-    match op {
-        routes::Op::Metrics => match metrics_allowed(&latch, &req) {
-            true => metrics(&latch),
-            false => {
-                let mut r = error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    "send the metrics bearer token",
-                );
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"latch-metrics\""),
-                );
-                r
-            }
-        },
-        routes::Op::Healthz => json(StatusCode::OK, &json!({"status": "ok"})),
-        routes::Op::Readyz => readyz(&latch).await,
-        routes::Op::OpenApi => json(StatusCode::OK, &routes::openapi(&table)),
-        routes::Op::Dashboard => dashboard(),
-        routes::Op::Login => login(&latch, req, &conn).await,
-        routes::Op::Logout => logout(&latch, req, conn.tls).await,
-        routes::Op::ListApprovals
-        | routes::Op::GetApproval
-        | routes::Op::Approve
-        | routes::Op::Reject
-        | routes::Op::Modify
-        | routes::Op::Override
-        | routes::Op::Audit
-        | routes::Op::ReloadPolicy
-        | routes::Op::Session
-        | routes::Op::Events => {
-            api::handle(&latch, req, op, id.unwrap_or_default(), conn.peer.ip()).await
-        }
-    }
+    let public = match op {
+        Op::Api(op) => return api::handle(&admin, req, op, id.unwrap_or_default(), &conn).await,
+        Op::Public(public) => public,
+    };
+    let answer = match public {
+        Public::Metrics => metrics(&admin, &req),
+        Public::Healthz => Ok(json(StatusCode::OK, &json!({"status": "ok"}))),
+        Public::Readyz => Ok(readyz(&admin).await),
+        Public::OpenApi => Ok(json(StatusCode::OK, &routes::openapi(&admin.0.table))),
+        Public::Dashboard => Ok(dashboard()),
+        Public::Login => login(&admin, req, &conn).await,
+        Public::Logout => logout(&admin, req, conn.tls).await,
+    };
+    answer.unwrap_or_else(AdminError::into_response)
 }
 
 /// The dashboard page: one self-contained file (no CDN, works offline).
@@ -122,88 +152,59 @@ fn redirect(location: &'static str, cookie: Option<String>) -> Response<Body> {
 /// Read a request body of at most `max` bytes within the listener's body
 /// timeout: a client that trickles its body (or never sends it) is cut off
 /// instead of holding a connection slot.
-pub(crate) async fn read_limited(
-    latch: &Latch,
-    req: Request<Incoming>,
-    max: usize,
-) -> Result<bytes::Bytes, api::ApiError> {
-    use http_body_util::{BodyExt, Limited};
-    let timeout = latch.config.admin.body_read_timeout;
+async fn read_limited(admin: &Admin, req: Request<Body>, max: usize) -> Result<Bytes, AdminError> {
+    use http_body_util::Limited;
+    let timeout = admin.config.body_read_timeout;
     match tokio::time::timeout(timeout, Limited::new(req.into_body(), max).collect()).await {
-        Err(_) => Err(api::ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            "the request body was not received in time",
-        )),
-        Ok(Err(_)) => Err(api::ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body over {max} bytes or unreadable"),
-        )),
+        Err(_) => Err(AdminError::BodyTimeout),
+        Ok(Err(_)) => Err(AdminError::BodyTooLarge(max)),
         Ok(Ok(c)) => Ok(c.to_bytes()),
     }
 }
 
-async fn form(
-    latch: &Latch,
-    req: Request<Incoming>,
-) -> Result<crate::policy::input::Query, Response<Body>> {
-    let bytes = read_limited(latch, req, 16 * 1024)
-        .await
-        .map_err(api::ApiError::response)?;
-    Ok(crate::policy::input::parse_query(
-        std::str::from_utf8(&bytes).ok(),
-    ))
+async fn form(admin: &Admin, req: Request<Body>) -> Result<Query, AdminError> {
+    let bytes = read_limited(admin, req, 16 * 1024).await?;
+    Ok(parse_query(std::str::from_utf8(&bytes).ok()))
 }
 
-fn field(f: &crate::policy::input::Query, name: &str) -> Option<String> {
+fn field(f: &Query, name: &str) -> Option<String> {
     f.get(name).and_then(|v| v.first()).cloned()
 }
 
 /// `POST /login`: a human's bearer token (form field `token`) → session cookie.
 /// Failed logins count against the source address (429 past the limit).
-async fn login(latch: &Latch, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+async fn login(
+    admin: &Admin,
+    req: Request<Body>,
+    conn: &ConnInfo,
+) -> Result<Response<Body>, AdminError> {
     let tls = conn.tls;
-    let ip = crate::throttle::Key::Ip(conn.peer.ip());
-    if let Err(wait) = latch.throttle.check(ip) {
-        return api::ApiError::throttled(wait).response();
-    }
-    let f = match form(latch, req).await {
-        Ok(f) => f,
-        Err(resp) => return resp,
-    };
+    let ip = Key::Ip(conn.peer.ip());
+    admin.throttle.check(ip).map_err(AdminError::Throttled)?;
+    let f = form(admin, req).await?;
     let token = field(&f, "token").unwrap_or_default();
-    let principal = latch
+    let principal = admin
         .directory
         .authenticate(Some(format!("Bearer {}", token.trim()).as_bytes()), None)
         .ok()
         .filter(|p| !p.has_role("agent"));
-    match principal {
-        Some(p) => {
-            tracing::info!(principal = %p.id, "dashboard login");
-            match latch.sessions.create(p) {
-                Ok((id, _)) => redirect("/", Some(session::set_cookie(Some(&id), tls))),
-                Err(e) => {
-                    tracing::error!(error = %e, "storing a dashboard session failed");
-                    error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "store_unavailable",
-                        "cannot start a session now",
-                    )
-                }
-            }
-        }
-        None => {
-            latch.throttle.failed(ip);
-            redirect("/?login=failed", None)
-        }
-    }
+    let Some(p) = principal else {
+        admin.throttle.failed(ip);
+        return Ok(redirect("/?login=failed", None));
+    };
+    tracing::info!(principal = %p.id, "dashboard login");
+    let (id, _) = admin.sessions.create(p).map_err(AdminError::Store)?;
+    Ok(redirect("/", Some(session::set_cookie(Some(&id), tls))))
 }
 
 /// `POST /logout`: needs the session's CSRF token.
-async fn logout(latch: &Latch, req: Request<Incoming>, tls: bool) -> Response<Body> {
-    let Some((id, s)) = latch.sessions.from_headers(req.headers()) else {
-        return redirect("/", Some(session::set_cookie(None, tls)));
+async fn logout(
+    admin: &Admin,
+    req: Request<Body>,
+    tls: bool,
+) -> Result<Response<Body>, AdminError> {
+    let Some((id, s)) = admin.sessions.from_headers(req.headers()) else {
+        return Ok(redirect("/", Some(session::set_cookie(None, tls))));
     };
     let header = req
         .headers()
@@ -212,26 +213,19 @@ async fn logout(latch: &Latch, req: Request<Incoming>, tls: bool) -> Response<Bo
         .map(str::to_string);
     let presented = match header {
         Some(h) => Some(h),
-        None => form(latch, req).await.ok().and_then(|f| field(&f, "csrf")),
+        None => form(admin, req).await.ok().and_then(|f| field(&f, "csrf")),
     };
     if !session::csrf_ok(&s, presented.as_deref()) {
-        return error(StatusCode::FORBIDDEN, "csrf", "missing or wrong CSRF token");
+        return Err(AdminError::Csrf { principal: None });
     }
-    latch.sessions.remove(&id);
-    redirect("/", Some(session::set_cookie(None, tls)))
-}
-
-pub(crate) fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
-    let mut r = json(status, &json!({"error": code, "message": message}));
-    r.headers_mut()
-        .insert("latch-error", HeaderValue::from_static(code));
-    r
+    admin.sessions.remove(&id);
+    Ok(redirect("/", Some(session::set_cookie(None, tls))))
 }
 
 /// `/metrics` is open unless `[admin] metrics_token_env` names a token.
-fn metrics_allowed(latch: &Latch, req: &Request<Incoming>) -> bool {
+fn metrics_allowed(admin: &Admin, req: &Request<Body>) -> bool {
     use subtle::ConstantTimeEq;
-    let Some(want) = &latch.config.admin.metrics_token_sha256 else {
+    let Some(want) = &admin.config.metrics_token_sha256 else {
         return true;
     };
     let presented = req
@@ -240,43 +234,35 @@ fn metrics_allowed(latch: &Latch, req: &Request<Incoming>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| crate::config::sha256(t.trim().as_bytes()));
+        .map(|(_, t)| crate::digest::sha256(t.trim().as_bytes()));
     presented.is_some_and(|p| bool::from(p.ct_eq(want)))
 }
 
-fn metrics(latch: &Latch) -> Response<Body> {
-    match latch.metrics.render() {
-        Ok(text) => {
-            let mut r = Response::new(full(text));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "rendering metrics failed");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "metrics unavailable",
-            )
-        }
+fn metrics(admin: &Admin, req: &Request<Body>) -> Result<Response<Body>, AdminError> {
+    if !metrics_allowed(admin, req) {
+        return Err(AdminError::MetricsToken);
     }
+    let text = admin.metrics.render().map_err(|e| {
+        tracing::error!(error = %e, "rendering metrics failed");
+        AdminError::Internal("metrics unavailable")
+    })?;
+    let mut r = Response::new(full(text));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(r)
 }
 
 /// Ready when the store answers; the detail names the active policy set.
-async fn readyz(latch: &Latch) -> Response<Body> {
-    let store = latch.store.clone();
+async fn readyz(admin: &Admin) -> Response<Body> {
+    let store = admin.store.clone();
     let store_ok = tokio::task::spawn_blocking(move || store.ping())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
         .and_then(|r| r);
-    let policy = latch.policy();
-    let reload = match latch.policy_status.lock() {
-        Ok(s) => s.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    };
+    let policy = admin.policy.current();
+    let reload = admin.policy.status();
     let body = json!({
         "status": if store_ok.is_ok() { "ready" } else { "not_ready" },
         "store": match &store_ok { Ok(()) => "ok".to_string(), Err(e) => format!("error: {e}") },

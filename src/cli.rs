@@ -37,11 +37,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // SIGHUP reloads the policy, as operators expect of a daemon.
         use tokio::signal::unix::{signal, SignalKind};
         if let Ok(mut hup) = signal(SignalKind::hangup()) {
-            let latch = running.latch.clone();
+            let policy = running.handles.policy.clone();
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    let l = latch.clone();
-                    let _ = tokio::task::spawn_blocking(move || l.reload_policy()).await;
+                    let engine = policy.clone();
+                    let _ = tokio::task::spawn_blocking(move || engine.reload()).await;
                 }
             });
         }
@@ -177,35 +177,6 @@ pub fn policy_eval(config: &Config, input: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Audit records after `after`, optionally from `since` on and about one
-/// `subject`, at most `limit`.
-pub fn audit_records(
-    store: &dyn crate::store::Store,
-    mut after: i64,
-    limit: usize,
-    since: Option<chrono::DateTime<chrono::Utc>>,
-    subject: Option<&str>,
-) -> anyhow::Result<Vec<crate::audit::Record>> {
-    // Stored times share one format, so they order as strings.
-    let since = since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-    let mut out = Vec::new();
-    loop {
-        let page = store.audit_after(after, 1000)?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        for r in page {
-            let recent = since.as_ref().is_none_or(|s| r.ts.as_str() >= s.as_str());
-            if recent && subject.is_none_or(|s| r.subject == s) {
-                out.push(r);
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// `latch audit verify`: recompute the chain; names the first bad record.
 pub fn audit_verify(config: &Config) -> i32 {
     let store = match crate::app::open_store(config) {
@@ -215,7 +186,7 @@ pub fn audit_verify(config: &Config) -> i32 {
             return 1;
         }
     };
-    let records = match audit_records(&*store, 0, usize::MAX, None, None) {
+    let records = match crate::audit::records(&*store, 0, usize::MAX, None, None) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: reading the audit log: {e:#}");
@@ -230,12 +201,12 @@ pub fn audit_verify(config: &Config) -> i32 {
         }
     };
     let key = config.audit.key.as_ref();
-    match crate::audit::verify_keyed(&records, key, head.as_ref()) {
+    match crate::audit::chain::verify_keyed(&records, key, head.as_ref()) {
         Ok(v) => {
             let last = records
                 .last()
                 .map(|r| r.hash.as_str())
-                .unwrap_or(crate::audit::GENESIS);
+                .unwrap_or(crate::audit::chain::GENESIS);
             println!("ok: {} records, chain intact, head {last}", v.records);
             match (key, v.keyed_from) {
                 (None, _) => println!(
@@ -274,7 +245,7 @@ pub fn audit_export(config: &Config, since: Option<&str>) -> anyhow::Result<()> 
         })
         .transpose()?;
     let store = crate::app::open_store(config)?;
-    let records = audit_records(&*store, 0, usize::MAX, since, None)?;
+    let records = crate::audit::records(&*store, 0, usize::MAX, since, None)?;
     let mut out = std::io::stdout().lock();
     for r in records {
         serde_json::to_writer(&mut out, &r)?;
@@ -289,7 +260,7 @@ pub fn audit_export(config: &Config, since: Option<&str>) -> anyhow::Result<()> 
 pub fn insights(config: &Config, min: u64, days: u64, write: Option<&Path>) -> anyhow::Result<()> {
     let store = crate::app::open_store(config)?;
     let since = chrono::Utc::now() - chrono::Duration::days(days as i64);
-    let records = audit_records(&*store, 0, usize::MAX, Some(since), None)?;
+    let records = crate::audit::records(&*store, 0, usize::MAX, Some(since), None)?;
     let classes = crate::insights::tally(&records);
     println!(
         "{:<34} {:<14} {:<16} {:>5} {:>8} {:>8} {:>8}  shape",

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Uri};
-use sha2::{Digest, Sha256};
 
 use raw::RawConfig;
 use validate::Validator;
@@ -80,7 +79,7 @@ pub struct Config {
 #[derive(Debug, Clone, Default)]
 pub struct AuditConfig {
     /// The chain's HMAC key, read from `key_env` (never stored).
-    pub key: Option<crate::audit::AuditKey>,
+    pub key: Option<crate::audit::chain::AuditKey>,
 }
 
 /// `[proxy]`
@@ -334,22 +333,6 @@ pub(crate) fn resolve(base: &Path, p: &str) -> PathBuf {
     } else {
         base.join(p)
     }
-}
-
-/// SHA-256 of `bytes`.
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
 }
 
 fn decode_hex32(s: &str) -> Option<[u8; 32]> {

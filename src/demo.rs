@@ -4,12 +4,12 @@
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::server::{self, json as json_response, Body, ListenerOptions};
+use crate::http_util::{json as json_response, Body};
+use crate::server::{self, ListenerOptions};
 
 /// The credential the demo tools require (injected by Latch's demo routes).
 pub const DEMO_TOOL_KEY: &str = "Bearer demo-tool-key";
@@ -30,7 +30,7 @@ pub async fn serve(listener: TcpListener, shutdown: watch::Receiver<bool>) {
     .await;
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Response<Body>> {
+async fn handle(req: Request<Body>) -> Result<Response<Body>, Response<Body>> {
     let authorized = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -70,7 +70,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Response<Body>
             json!({"status": "sent", "message_id": id, "to": body.get("to")})
         }
         (&Method::GET, "/search") => {
-            let q = crate::policy::input::parse_query(Some(&query));
+            let q = crate::http_util::query::parse_query(Some(&query));
             let term = q.get("q").and_then(|v| v.first()).cloned();
             json!({"query": term, "results": [
                 {"title": "Latch: an approval gate for agent tool calls", "url": "https://example.invalid/latch"},

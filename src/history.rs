@@ -6,6 +6,10 @@
 //! written behind to the store by one thread, so novelty survives restarts
 //! without a disk write on the request path.
 
+pub mod stats;
+
+pub use stats::Stats;
+
 use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -16,26 +20,6 @@ use regorus::Value;
 use sha2::{Digest, Sha256};
 
 use crate::store::{HistoryRow, Store};
-
-/// Counters for one action class.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Times the class was carried out (allowed or approved). Denied and
-    /// gated attempts do not count, so retrying does not make a call familiar.
-    pub seen: u64,
-    /// Unix seconds of the first time it was carried out.
-    pub first_seen: Option<i64>,
-    /// Unix seconds of the latest decision.
-    pub last_seen: Option<i64>,
-    /// Human approvals.
-    pub approved: u64,
-    /// Human rejections.
-    pub rejected: u64,
-    /// Latest policy action for the class.
-    pub last_decision: Option<String>,
-    /// Sum of the time humans took to decide (approved and rejected), ms.
-    pub decision_ms_total: u64,
-}
 
 /// An action class, identified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +96,7 @@ impl ActionClass {
 
     /// Hex form of the key.
     pub fn fingerprint(&self) -> String {
-        crate::config::hex(&self.key)
+        crate::digest::hex(&self.key)
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
-use crate::config::{sha256, PrincipalConfig};
+use crate::config::PrincipalConfig;
+use crate::digest::sha256;
 
 /// An authenticated agent or human.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +63,7 @@ impl Directory {
                 id: c.id.clone(),
                 roles: c.roles.clone(),
                 owners: c.owners.clone(),
-                input: crate::policy::input::agent_facts(&c.id, &c.roles),
+                input: agent_facts(&c.id, &c.roles),
             }));
             if let Some(h) = c.token_sha256 {
                 d.tokens.push((h, i));
@@ -126,6 +127,21 @@ impl Directory {
             (None, None) => Err(AuthError::Missing),
         }
     }
+}
+
+/// `input.agent`, built once per principal at start-up.
+pub fn agent_facts(id: &str, roles: &[String]) -> regorus::Value {
+    let roles: Vec<regorus::Value> = roles
+        .iter()
+        .map(|r| regorus::Value::from(r.as_str()))
+        .collect();
+    let map: std::collections::BTreeMap<regorus::Value, regorus::Value> = [
+        (regorus::Value::from("id"), regorus::Value::from(id)),
+        (regorus::Value::from("roles"), regorus::Value::from(roles)),
+    ]
+    .into_iter()
+    .collect();
+    regorus::Value::from(map)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::audit::Record;
+use crate::audit::chain::Record;
 
 /// What humans did with one action class in the window.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -10,6 +10,7 @@
 pub mod body;
 pub mod cases;
 pub mod decision;
+pub mod engine;
 pub mod input;
 pub mod pool;
 
@@ -25,10 +26,11 @@ use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::program::Program;
 use regorus::rvm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
-use regorus::{CompiledPolicy, Engine, Value};
+use regorus::{CompiledPolicy, Value};
 use sha2::{Digest, Sha256};
 
 pub use decision::{Action, Decision, Risk};
+pub use engine::Engine;
 
 /// Which evaluator a policy set uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +111,7 @@ impl Sources {
             h.update(v.to_string().as_bytes());
             h.update([0]);
         }
-        crate::config::hex(&h.finalize())
+        crate::digest::hex(&h.finalize())
     }
 }
 
@@ -143,7 +145,7 @@ pub struct PolicySet {
     hash: String,
     entrypoint: String,
     timer: ExecutionTimerConfig,
-    engine: Engine,
+    engine: regorus::Engine,
     vm: Option<(Arc<Program>, CompiledPolicy, Value)>,
     sources: Sources,
 }
@@ -176,7 +178,7 @@ impl PolicySet {
         entrypoint: &str,
         timeout: Duration,
     ) -> anyhow::Result<PolicySet> {
-        let mut engine = Engine::new();
+        let mut engine = regorus::Engine::new();
         engine.set_rego_v0(false);
         // A failing builtin is an error (and so a deny with a clear reason),
         // not a silently undefined value, on both evaluators alike.
@@ -279,17 +281,26 @@ impl PolicySet {
         finish(self.run_interpreter(input), start, self.timer.limit)
     }
 
-    fn run_interpreter(&self, input: Value) -> Result<Value, String> {
+    fn run_interpreter(&self, input: Value) -> Result<Value, EvalError> {
         let mut engine = self.engine.clone();
         engine.set_input(input);
-        engine
-            .eval_rule(self.entrypoint.clone())
-            .map_err(|e| e.to_string())
+        engine.eval_rule(self.entrypoint.clone()).map_err(|e| {
+            let timed_out = e.chain().any(|cause| {
+                matches!(
+                    cause.downcast_ref::<regorus::LimitError>(),
+                    Some(regorus::LimitError::TimeLimitExceeded { .. })
+                )
+            });
+            match timed_out {
+                true => EvalError::TimedOut(e.to_string()),
+                false => EvalError::Failed(e.to_string()),
+            }
+        })
     }
 
-    fn run_vm(&self, input: Value) -> Result<Value, String> {
+    fn run_vm(&self, input: Value) -> Result<Value, EvalError> {
         let Some((program, compiled, data)) = &self.vm else {
-            return Err("no VM program".into());
+            return Err(EvalError::Failed("no VM program".into()));
         };
         VM.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -297,7 +308,7 @@ impl PolicySet {
             if stale {
                 let mut vm = RegoVM::new_with_policy(compiled.clone());
                 vm.load_program(program.clone());
-                vm.set_data(data.clone()).map_err(|e| e.to_string())?;
+                vm.set_data(data.clone()).map_err(EvalError::from)?;
                 vm.set_execution_timer_config(Some(self.timer));
                 vm.set_strict_builtin_errors(true);
                 // The time limit bounds evaluation; the instruction cap is only
@@ -306,15 +317,35 @@ impl PolicySet {
                 *slot = Some((self.generation, vm));
             }
             let Some((_, vm)) = slot.as_mut() else {
-                return Err("VM unavailable".into());
+                return Err(EvalError::Failed("VM unavailable".into()));
             };
             vm.set_input(input);
-            vm.execute().map_err(|e| e.to_string())
+            vm.execute().map_err(EvalError::from)
         })
     }
 }
 
-fn finish(raw: Result<Value, String>, start: Instant, limit: Duration) -> Evaluation {
+/// Why an evaluation produced no value.
+#[derive(Debug)]
+enum EvalError {
+    /// regorus stopped it at the time limit.
+    TimedOut(String),
+    /// Any other runtime error.
+    Failed(String),
+}
+
+impl From<regorus::rvm::vm::VmError> for EvalError {
+    fn from(e: regorus::rvm::vm::VmError) -> EvalError {
+        match e {
+            regorus::rvm::vm::VmError::TimeLimitExceeded { .. } => {
+                EvalError::TimedOut(e.to_string())
+            }
+            other => EvalError::Failed(other.to_string()),
+        }
+    }
+}
+
+fn finish(raw: Result<Value, EvalError>, start: Instant, limit: Duration) -> Evaluation {
     let elapsed = start.elapsed();
     // (short reason for the agent, full detail for the log)
     let parsed: Result<Decision, (&str, String)> = match raw {
@@ -328,8 +359,8 @@ fn finish(raw: Result<Value, String>, start: Instant, limit: Duration) -> Evalua
                 limit.as_millis()
             ),
         )),
-        Err(e) if e.contains("time limit") => Err(("evaluation timed out", e)),
-        Err(e) => Err(("evaluation failed", e)),
+        Err(EvalError::TimedOut(e)) => Err(("evaluation timed out", e)),
+        Err(EvalError::Failed(e)) => Err(("evaluation failed", e)),
         Ok(Value::Undefined) => Err(("no decision", "decision is undefined".to_string())),
         Ok(v) => Decision::parse(&v).map_err(|e| ("malformed decision", e)),
     };

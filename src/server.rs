@@ -8,9 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,30 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::http_util::{Body, BodyError};
 use crate::identity::{Directory, Principal};
-
-/// Boxed error for bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type of every response and upstream request.
-pub type Body = BoxBody<Bytes, BoxError>;
-
-/// A whole body from bytes.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// A JSON response with the given status.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(full(value.to_string()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
 
 /// What a handler knows about the connection.
 #[derive(Debug, Clone)]
@@ -78,7 +55,7 @@ pub async fn serve<H, F>(
     mut shutdown: watch::Receiver<bool>,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Body>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
@@ -163,6 +140,11 @@ pub async fn serve<H, F>(
     }
 }
 
+/// The agent's body behind the one body type every handler takes.
+fn box_incoming(req: Request<Incoming>) -> Request<Body> {
+    req.map(|b| b.map_err(BodyError::from).boxed())
+}
+
 async fn serve_conn<S, H, F>(
     stream: S,
     info: Arc<ConnInfo>,
@@ -171,11 +153,11 @@ async fn serve_conn<S, H, F>(
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Body>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let service = service_fn(move |req| {
-        let fut = handler(req, info.clone());
+        let fut = handler(box_incoming(req), info.clone());
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()

@@ -3,9 +3,9 @@
 
 pub mod sqlite;
 
-use crate::audit::{Event, Head, Record};
+use crate::audit::chain::{Event, Head, Record};
 use crate::gate::model::{Approval, State};
-use crate::history::Stats;
+use crate::history::stats::Stats;
 
 /// One persisted action class.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,15 +101,6 @@ pub struct StoredSession {
     pub last_used: i64,
 }
 
-/// How durable an audit append must be before it returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Synced to disk (approval state changes).
-    Synced,
-    /// Survives a crash of Latch (not of the OS); batched allow/deny decisions.
-    Process,
-}
-
 /// What the rest of Latch needs from storage. Calls are blocking; callers on
 /// the async side use a dedicated thread or `spawn_blocking`.
 pub trait Store: Send + Sync + 'static {
@@ -127,9 +118,10 @@ pub trait Store: Send + Sync + 'static {
     /// End a dashboard session.
     fn delete_session(&self, id_sha256: &str) -> anyhow::Result<()>;
 
-    /// Append events to the audit chain, atomically, in order.
-    fn append_audit(&self, events: &[Event], durability: Durability)
-        -> anyhow::Result<Vec<Record>>;
+    /// Append events to the audit chain, atomically, in order. The commit
+    /// survives a crash of Latch; approval changes (which carry their own
+    /// events in [`Store::update_approval`]) are synced to disk.
+    fn append_audit(&self, events: &[Event]) -> anyhow::Result<Vec<Record>>;
     /// Where the chain ends, as last written (with its MAC when keyed).
     fn audit_head(&self) -> anyhow::Result<Option<Head>>;
     /// Every audit record about `subject`, oldest first.
@@ -171,4 +163,13 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
         events: &[Event],
     ) -> anyhow::Result<bool>;
+}
+
+/// Run a blocking store call off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow::anyhow!("store task failed: {e}"))?
 }

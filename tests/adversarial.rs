@@ -695,18 +695,18 @@ async fn v10_a_keyed_chain_catches_rewrites_truncation_and_flipped_approvals() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    let records: Vec<latch::audit::Record> = {
+    let records: Vec<latch::audit::chain::Record> = {
         let store = latch::app::open_store(&config).unwrap();
         store.audit_after(0, 1000).unwrap()
     };
-    let mut prev = latch::audit::GENESIS.to_string();
+    let mut prev = latch::audit::chain::GENESIS.to_string();
     for (i, r) in records.iter().enumerate() {
         let mut details = r.details.clone();
         if i == 0 {
             details["risk"] = serde_json::json!("low");
         }
-        let e = latch::audit::Event::new(&r.actor, &r.event, &r.subject, details.clone());
-        let sealed = latch::audit::seal(r.seq, r.ts.clone(), e, prev.clone(), None);
+        let e = latch::audit::chain::Event::new(&r.actor, &r.event, &r.subject, details.clone());
+        let sealed = latch::audit::chain::seal(r.seq, r.ts.clone(), e, prev.clone(), None);
         db.execute(
             "UPDATE audit SET details = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
             rusqlite::params![details.to_string(), sealed.prev_hash, sealed.hash, r.seq],
@@ -722,7 +722,7 @@ async fn v10_a_keyed_chain_catches_rewrites_truncation_and_flipped_approvals() {
     for (seq, details, hash) in &saved {
         db.execute(
             "UPDATE audit SET details = ?1, hash = ?2, prev_hash = COALESCE((SELECT hash FROM audit WHERE seq = ?3 - 1), ?4) WHERE seq = ?3",
-            rusqlite::params![details, hash, seq, latch::audit::GENESIS],
+            rusqlite::params![details, hash, seq, latch::audit::chain::GENESIS],
         )
         .unwrap();
     }

@@ -112,7 +112,7 @@ async fn insights_propose_a_class_and_the_shipped_policy_honours_the_committed_d
     assert_eq!(email(&latch, "mallory@example.com", true).await.status, 202);
 
     // input.history carries the same statistics.
-    let hist = latch.running.as_ref().unwrap().latch.history.get(
+    let hist = latch.running.as_ref().unwrap().handles.history.get(
         &latch::history::ActionClass::from_parts(
             auto.keys().next().unwrap(),
             "bot",

@@ -19,7 +19,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use common::*;
 use latch::config::TlsConfig;
-use latch::server::{self, json, ListenerOptions};
+use latch::http_util::json;
+use latch::server::{self, ListenerOptions};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(raw) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(decoded) = latch::proxy::path::normalize(raw) else {
+    let Ok(decoded) = latch::http_util::path::normalize(raw) else {
         return;
     };
     assert!(decoded.starts_with('/'));
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     );
     // Routing is by segment: a prefix matches only at a boundary.
     for prefix in ["/tools", "/tools/email", "/latch"] {
-        if latch::proxy::path::under(&decoded, prefix) {
+        if latch::http_util::path::under(&decoded, prefix) {
             let rest = &decoded[prefix.len()..];
             assert!(rest.is_empty() || rest.starts_with('/'));
         }

@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
         Format::None => assert!(judged.bytes.is_empty()),
         Format::Opaque => assert_eq!(judged.value, regorus::Value::Null),
     }
-    let query = input::parse_query(query);
+    let query = latch::http_util::query::parse_query(query);
     if body::check_overlap(&judged.value, &query).is_err() {
         return;
     }
@@ -81,8 +81,8 @@ fuzz_target!(|data: &[u8]| {
         body_sha256: None,
         size: Some(judged.bytes.len() as u64),
     };
-    let route = input::route_facts("r", "http://127.0.0.1:1", "tool");
-    let agent = input::agent_facts("bot", &["agent".to_string()]);
+    let route = latch::upstream::route_facts("r", "http://127.0.0.1:1", "tool");
+    let agent = latch::identity::agent_facts("bot", &["agent".to_string()]);
     let now = chrono::Utc::now();
     let doc = input::build(
         &facts,

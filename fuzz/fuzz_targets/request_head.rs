@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let mut lines = data.split(|b| *b == b'\n');
     let method = lines.next().unwrap_or_default();
     if let Ok(m) = http::Method::from_bytes(method) {
-        let ok = latch::proxy::headers::is_upper_token(m.as_str());
+        let ok = latch::http_util::headers::is_upper_token(m.as_str());
         assert_eq!(
             ok,
             !m.as_str().is_empty()
@@ -47,13 +47,13 @@ fuzz_target!(|data: &[u8]| {
         HeaderName::from_static("authorization"),
         HeaderValue::from_static("Bearer upstream"),
     )];
-    latch::proxy::headers::upstream_request_headers(
+    latch::upstream::upstream_request_headers(
         &mut headers,
         "127.0.0.1:4000".parse().unwrap_or_else(|_| unreachable!()),
         false,
         &inject,
     );
-    for h in latch::proxy::headers::HOP_BY_HOP {
+    for h in latch::http_util::headers::HOP_BY_HOP {
         assert!(headers.get(*h).is_none(), "{h} reached the upstream");
     }
     for n in named {

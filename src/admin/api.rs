@@ -1,243 +1,145 @@
-//! `/api/v1`: approvals and the audit trail, for humans with a bearer token.
+//! `/api/v1`: approvals and the audit trail, for humans with a bearer token
+//! (or a dashboard session and its CSRF token).
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::error;
-use super::routes::Op;
-use crate::app::Latch;
+use super::error::AdminError;
+use super::routes::ApiOp;
+use super::Admin;
 use crate::gate::model::{Approval, State};
-use crate::gate::{self, blocking, Act, GateError};
+use crate::gate::{Act, Gate};
+use crate::history::ActionClass;
+use crate::http_util::query::{parse_query, Query};
+use crate::http_util::{json as json_response, Body};
 use crate::identity::Principal;
-use crate::server::{json as json_response, Body};
-use crate::store::{ApprovalQuery, Cursor};
+use crate::server::ConnInfo;
+use crate::store::{blocking, ApprovalQuery, Cursor};
+use crate::throttle::Key;
 
 /// Largest decision request body.
 const MAX_BODY: usize = 1 << 20;
 
 /// Serve an `/api/v1/…` operation (already resolved by the route table).
-pub async fn handle(
-    latch: &Latch,
-    req: Request<Incoming>,
-    op: Op,
+pub(super) async fn handle(
+    admin: &Admin,
+    req: Request<Body>,
+    op: ApiOp,
     id: String,
-    peer: std::net::IpAddr,
+    conn: &ConnInfo,
 ) -> Response<Body> {
-    let human = match authenticate(latch, &req, peer) {
-        Ok(p) => p,
-        Err(e) => return e.response(),
+    let answer = match authenticate(admin, &req, conn.peer.ip()) {
+        Ok(human) => serve(admin, req, op, id, &human).await,
+        Err(e) => Err(e),
     };
-    let query = crate::policy::input::parse_query(req.uri().query());
-    let headers = req.headers().clone();
-    let act = |verb| async move {
-        let body = match read_json(latch, req).await {
-            Ok(b) => b,
-            Err(e) => return Err(e.response()),
-        };
-        parse_act(verb, &body)
-            .map_err(|msg| error(StatusCode::UNPROCESSABLE_ENTITY, "invalid", &msg))
-    };
-    let decided = |act: Result<Act, Response<Body>>| async {
-        match act {
-            Err(resp) => resp,
-            Ok(act) => match gate::decide(latch, &id, &human, act).await {
-                Ok(a) => json_response(StatusCode::OK, &view(&a)),
-                Err(e) => gate_error(e),
-            },
-        }
-    };
+    answer.unwrap_or_else(AdminError::into_response)
+}
+
+async fn serve(
+    admin: &Admin,
+    req: Request<Body>,
+    op: ApiOp,
+    id: String,
+    human: &Principal,
+) -> Result<Response<Body>, AdminError> {
+    let query = parse_query(req.uri().query());
+    let ok = |v: &Value| json_response(StatusCode::OK, v);
     match op {
-        Op::ListApprovals => {
-            let state = match query.get("status").and_then(|v| v.first()) {
-                None => None,
-                Some(s) => match State::parse(s) {
-                    Some(s) => Some(s),
-                    None => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "bad_status",
-                            &format!("unknown status {s:?}"),
-                        )
-                    }
-                },
-            };
-            let first = |k: &str| query.get(k).and_then(|v| v.first()).cloned();
-            let limit = match first("limit").map(|l| l.parse::<usize>()) {
-                None => 100,
-                Some(Ok(n)) if (1..=1000).contains(&n) => n,
-                Some(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_limit",
-                        "limit must be 1 to 1000",
-                    )
-                }
-            };
-            let after = match first("cursor") {
-                None => None,
-                Some(c) => match Cursor::decode(&c) {
-                    Some(c) => Some(c),
-                    None => return error(StatusCode::BAD_REQUEST, "bad_cursor", "unknown cursor"),
-                },
-            };
-            let agent = first("agent");
-            let q = ApprovalQuery {
-                state,
-                agent: agent.clone(),
-                after,
-                // One more than asked tells whether another page exists.
-                limit: limit + 1,
-            };
-            let store = latch.store.clone();
-            let listed = blocking(move || {
-                let page = store.list_approvals(&q)?;
-                let total = store.count_approvals(state, agent.as_deref())?;
-                Ok((page, total))
-            })
-            .await;
-            match listed {
-                Ok((mut page, total)) => {
-                    let more = page.len() > limit;
-                    page.truncate(limit);
-                    let next = page
-                        .last()
-                        .filter(|_| more)
-                        .map(|a| Cursor::after(a, state).encode());
-                    let list: Vec<Value> = page.iter().map(view).collect();
-                    json_response(
-                        StatusCode::OK,
-                        &json!({"approvals": list, "next_cursor": next, "total": total}),
-                    )
-                }
-                Err(e) => store_error(e),
+        ApiOp::ListApprovals => list(admin, &query).await.map(|v| ok(&v)),
+        ApiOp::GetApproval => {
+            let a = admin.gate.approval(&id).await?;
+            let mut v = view(&a);
+            // What humans did with this class before: context for the reviewer.
+            if let Some(class) =
+                ActionClass::from_parts(&a.class, &a.agent, &a.tool, &a.class_shape)
+            {
+                let h = admin.history.get(&class);
+                v["class_history"] =
+                    json!({"seen": h.seen, "approved": h.approved, "rejected": h.rejected});
             }
+            Ok(ok(&v))
         }
-        Op::GetApproval => {
-            let store = latch.store.clone();
-            match blocking(move || store.approval(&id)).await {
-                Ok(Some(a)) => {
-                    let mut v = view(&a);
-                    // What humans did with this class before: context for the reviewer.
-                    if let Some(class) = crate::history::ActionClass::from_parts(
-                        &a.class,
-                        &a.agent,
-                        &a.tool,
-                        &a.class_shape,
-                    ) {
-                        let h = latch.history.get(&class);
-                        v["class_history"] =
-                            json!({"seen": h.seen, "approved": h.approved, "rejected": h.rejected});
-                    }
-                    json_response(StatusCode::OK, &v)
-                }
-                Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such approval"),
-                Err(e) => store_error(e),
-            }
+        ApiOp::Approve | ApiOp::Reject | ApiOp::Modify | ApiOp::Override => {
+            let body = read_json(admin, req).await?;
+            let act = parse_act(op, &body).map_err(AdminError::Invalid)?;
+            let a = admin.gate.decide(&id, human, act).await?;
+            Ok(ok(&view(&a)))
         }
-        Op::Approve => decided(act("approve").await).await,
-        Op::Reject => decided(act("reject").await).await,
-        Op::Modify => decided(act("modify").await).await,
-        Op::Override => decided(act("override").await).await,
-        Op::Audit => audit(latch, &query).await,
-        Op::ReloadPolicy => {
-            let l = latch.clone();
-            match tokio::task::spawn_blocking(move || l.reload_policy()).await {
-                Ok(Ok(hash)) => {
-                    json_response(StatusCode::OK, &json!({"status": "reloaded", "hash": hash}))
-                }
-                Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, "policy_rejected", &e),
-                Err(_) => error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "reload task failed",
-                ),
-            }
+        ApiOp::Audit => audit(admin, &query).await.map(|v| ok(&v)),
+        ApiOp::ReloadPolicy => {
+            let engine = admin.policy.clone();
+            let hash = tokio::task::spawn_blocking(move || engine.reload())
+                .await
+                .map_err(|_| AdminError::Internal("reload task failed"))?
+                .map_err(|e| AdminError::PolicyRejected(e.to_string()))?;
+            Ok(ok(&json!({"status": "reloaded", "hash": hash})))
         }
-        Op::Session => {
-            let session = latch.sessions.from_headers(&headers).map(|(_, s)| s);
-            let break_glass = latch
-                .config
-                .gate
-                .break_glass_roles
-                .iter()
-                .any(|r| human.has_role(r));
-            json_response(
-                StatusCode::OK,
+        ApiOp::Session => {
+            let session = admin.sessions.from_headers(req.headers()).map(|(_, s)| s);
+            let break_glass = admin.break_glass_roles.iter().any(|r| human.has_role(r));
+            Ok(ok(
                 &json!({"principal": human.id, "roles": human.roles, "csrf": session.map(|s| s.csrf), "break_glass": break_glass}),
-            )
+            ))
         }
-        Op::Events => events(latch),
-        Op::Healthz
-        | Op::Readyz
-        | Op::Metrics
-        | Op::OpenApi
-        | Op::Dashboard
-        | Op::Login
-        | Op::Logout => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "not an API operation",
+        ApiOp::Events => Ok(events(&admin.gate)),
+    }
+}
+
+fn bad_query(code: &'static str, message: impl Into<String>) -> AdminError {
+    AdminError::BadQuery {
+        code,
+        message: message.into(),
+    }
+}
+
+/// `GET /api/v1/approvals`: one page, with a cursor for the next.
+async fn list(admin: &Admin, query: &Query) -> Result<Value, AdminError> {
+    let first = |k: &str| query.get(k).and_then(|v| v.first()).cloned();
+    let state = match first("status") {
+        None => None,
+        Some(s) => Some(
+            State::parse(&s)
+                .ok_or_else(|| bad_query("bad_status", format!("unknown status {s:?}")))?,
         ),
-    }
-}
-
-/// An API refusal, turned into a JSON answer at the edge.
-pub(crate) struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    /// The principal the refusal concerns, when known (for throttling).
-    principal: Option<String>,
-    /// Seconds to wait, for a 429.
-    retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub(crate) fn new(
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            principal: None,
-            retry_after: None,
+    };
+    let limit = match first("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => return Err(bad_query("bad_limit", "limit must be 1 to 1000")),
+    };
+    let after = match first("cursor") {
+        None => None,
+        Some(c) => {
+            Some(Cursor::decode(&c).ok_or_else(|| bad_query("bad_cursor", "unknown cursor"))?)
         }
-    }
-
-    fn of(mut self, principal: &str) -> ApiError {
-        self.principal = Some(principal.to_string());
-        self
-    }
-
-    /// 429: too many failed attempts from this source or principal.
-    pub(crate) fn throttled(wait: std::time::Duration) -> ApiError {
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
-            "too many failed attempts; try again later",
-        );
-        e.retry_after = Some(wait.as_secs().max(1));
-        e
-    }
-
-    pub(crate) fn response(self) -> Response<Body> {
-        let mut r = error(self.status, self.code, &self.message);
-        if let Some(v) = self.retry_after.map(http::HeaderValue::from) {
-            r.headers_mut().insert(http::header::RETRY_AFTER, v);
-        }
-        if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"latch-admin\""),
-            );
-        }
-        r
-    }
+    };
+    let agent = first("agent");
+    let q = ApprovalQuery {
+        state,
+        agent: agent.clone(),
+        after,
+        // One more than asked tells whether another page exists.
+        limit: limit + 1,
+    };
+    let store = admin.store.clone();
+    let (mut page, total) = blocking(move || {
+        let page = store.list_approvals(&q)?;
+        let total = store.count_approvals(state, agent.as_deref())?;
+        Ok((page, total))
+    })
+    .await
+    .map_err(AdminError::Store)?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = page
+        .last()
+        .filter(|_| more)
+        .map(|a| Cursor::after(a, state).encode());
+    let list: Vec<Value> = page.iter().map(view).collect();
+    Ok(json!({"approvals": list, "next_cursor": next, "total": total}))
 }
 
 /// A human principal from the bearer token or, for the dashboard, the
@@ -245,94 +147,71 @@ impl ApiError {
 /// CSRF token. Agents are refused.
 /// Failed attempts count against the source address, and against the
 /// principal where one is known (a wrong CSRF token, an agent's token).
-pub(super) fn authenticate(
-    latch: &Latch,
-    req: &Request<Incoming>,
+fn authenticate(
+    admin: &Admin,
+    req: &Request<Body>,
     peer: std::net::IpAddr,
-) -> Result<std::sync::Arc<Principal>, ApiError> {
-    let ip = crate::throttle::Key::Ip(peer);
-    latch.throttle.check(ip).map_err(ApiError::throttled)?;
-    let result = authenticate_unthrottled(latch, req);
+) -> Result<Arc<Principal>, AdminError> {
+    let ip = Key::Ip(peer);
+    admin.throttle.check(ip).map_err(AdminError::Throttled)?;
+    let result = authenticate_unthrottled(admin, req);
     match &result {
-        Err(e) if e.status == StatusCode::UNAUTHORIZED && e.code != "unauthenticated_missing" => {
-            latch.throttle.failed(ip)
-        }
-        Err(e) if e.status == StatusCode::FORBIDDEN => {
-            latch.throttle.failed(ip);
-            if let Some(who) = &e.principal {
-                latch.throttle.failed(crate::throttle::Key::Principal(who));
-            }
-        }
         Ok(p) => {
-            let key = crate::throttle::Key::Principal(&p.id);
-            latch.throttle.check(key).map_err(ApiError::throttled)?;
+            let key = Key::Principal(&p.id);
+            admin.throttle.check(key).map_err(AdminError::Throttled)?;
+        }
+        Err(AdminError::Unauthenticated(_)) => admin.throttle.failed(ip),
+        Err(e @ (AdminError::Csrf { .. } | AdminError::Agent { .. })) => {
+            admin.throttle.failed(ip);
+            if let Some(who) = e.principal() {
+                admin.throttle.failed(Key::Principal(who));
+            }
         }
         Err(_) => {}
     }
-    result.map_err(|mut e| {
-        if e.code == "unauthenticated_missing" {
-            e.code = "unauthenticated";
-        }
-        e
-    })
+    result
 }
 
 fn authenticate_unthrottled(
-    latch: &Latch,
-    req: &Request<Incoming>,
-) -> Result<std::sync::Arc<Principal>, ApiError> {
+    admin: &Admin,
+    req: &Request<Body>,
+) -> Result<Arc<Principal>, AdminError> {
     let headers = req.headers();
     let p = match headers.get(http::header::AUTHORIZATION) {
-        Some(auth) => latch
+        Some(auth) => admin
             .directory
             .authenticate(Some(auth.as_bytes()), None)
-            .map_err(|e| {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
-            })?,
+            .map_err(|e| AdminError::Unauthenticated(e.to_string()))?,
         None => {
-            let (_, session) = latch.sessions.from_headers(headers).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated_missing",
-                    "log in or send a bearer token",
-                )
-            })?;
+            let (_, session) = admin
+                .sessions
+                .from_headers(headers)
+                .ok_or(AdminError::NoCredentials)?;
             let safe = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
             let presented = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
             if !safe && !super::session::csrf_ok(&session, presented) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "csrf",
-                    "missing or wrong CSRF token",
-                )
-                .of(&session.principal.id));
+                return Err(AdminError::Csrf {
+                    principal: Some(session.principal.id.clone()),
+                });
             }
             session.principal
         }
     };
     if p.has_role("agent") {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "agents cannot use the admin API",
-        )
-        .of(&p.id));
+        return Err(AdminError::Agent {
+            principal: p.id.clone(),
+        });
     }
     Ok(p)
 }
 
-async fn read_json(latch: &Latch, req: Request<Incoming>) -> Result<Value, ApiError> {
-    let bytes = super::read_limited(latch, req, MAX_BODY).await?;
+async fn read_json(admin: &Admin, req: Request<Body>) -> Result<Value, AdminError> {
+    let bytes = super::read_limited(admin, req, MAX_BODY).await?;
     if bytes.is_empty() {
         return Ok(json!({}));
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            format!("body is not JSON: {e}"),
-        )
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| AdminError::Invalid(format!("body is not JSON: {e}")))
 }
 
 fn text(body: &Value, key: &str) -> Result<Option<String>, String> {
@@ -343,53 +222,30 @@ fn text(body: &Value, key: &str) -> Result<Option<String>, String> {
     }
 }
 
-fn parse_act(verb: &str, body: &Value) -> Result<Act, String> {
+fn parse_act(op: ApiOp, body: &Value) -> Result<Act, String> {
     if !body.is_object() {
         return Err("body must be a JSON object".into());
     }
-    Ok(match verb {
-        "approve" => Act::Approve {
+    Ok(match op {
+        ApiOp::Approve => Act::Approve {
             comment: text(body, "comment")?,
         },
-        "reject" => Act::Reject {
+        ApiOp::Reject => Act::Reject {
             reason: text(body, "reason")?.ok_or("reject needs a `reason`")?,
             code: text(body, "code")?,
         },
-        "modify" => Act::Modify {
+        ApiOp::Modify => Act::Modify {
             body: body
                 .get("body")
                 .cloned()
                 .ok_or("modify needs the new `body`")?,
             comment: text(body, "comment")?,
         },
-        "override" => Act::Override {
+        ApiOp::Override => Act::Override {
             reason: text(body, "reason")?.ok_or("override needs a `reason`")?,
         },
-        other => return Err(format!("unknown decision {other:?}")),
+        other => return Err(format!("{other:?} is not a decision")),
     })
-}
-
-fn gate_error(e: GateError) -> Response<Body> {
-    let message = e.to_string();
-    let (status, code) = match e {
-        GateError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-        GateError::Closed(_) => (StatusCode::CONFLICT, "closed"),
-        GateError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-        GateError::AlreadyVoted(_) => (StatusCode::CONFLICT, "already_voted"),
-        GateError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        GateError::PolicyDenied { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "policy_denied"),
-        GateError::Store(err) => return store_error(err),
-    };
-    error(status, code, &message)
-}
-
-fn store_error(e: anyhow::Error) -> Response<Body> {
-    tracing::error!(error = %e, "store failure on the admin API");
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the store is unavailable; nothing changed",
-    )
 }
 
 fn body_view(bytes: &[u8]) -> Value {
@@ -419,8 +275,8 @@ pub fn view(a: &Approval) -> Value {
 
 /// Server-sent events: one `approval` event per change, a comment every
 /// 15 s so proxies keep the stream open; ends when the client goes away.
-fn events(latch: &Latch) -> Response<Body> {
-    let mut rx = latch.events.subscribe();
+fn events(gate: &Gate) -> Response<Body> {
+    let mut rx = gate.subscribe();
     let (tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let _ = tx.send(Bytes::from_static(b"retry: 2000\n\n")).await;
@@ -456,7 +312,7 @@ struct EventBody(tokio::sync::mpsc::Receiver<Bytes>);
 
 impl http_body::Body for EventBody {
     type Data = Bytes;
-    type Error = crate::server::BoxError;
+    type Error = crate::http_util::BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
@@ -468,7 +324,7 @@ impl http_body::Body for EventBody {
     }
 }
 
-async fn audit(latch: &Latch, query: &crate::policy::input::Query) -> Response<Body> {
+async fn audit(admin: &Admin, query: &Query) -> Result<Value, AdminError> {
     let first = |k: &str| query.get(k).and_then(|v| v.first()).cloned();
     let after = first("after")
         .and_then(|s| s.parse::<i64>().ok())
@@ -479,31 +335,18 @@ async fn audit(latch: &Latch, query: &crate::policy::input::Query) -> Response<B
         .min(10_000);
     let since = match first("since") {
         None => None,
-        Some(s) => match chrono::DateTime::parse_from_rfc3339(&s) {
-            Ok(t) => Some(t.with_timezone(&chrono::Utc)),
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_since",
-                    "since must be an RFC 3339 time",
-                )
-            }
-        },
+        Some(s) => Some(
+            chrono::DateTime::parse_from_rfc3339(&s)
+                .map_err(|_| bad_query("bad_since", "since must be an RFC 3339 time"))?
+                .with_timezone(&chrono::Utc),
+        ),
     };
     let subject = first("subject");
-    let store = latch.store.clone();
-    let records = blocking(move || {
-        crate::cli::audit_records(&*store, after, limit, since, subject.as_deref())
-    })
-    .await;
-    match records {
-        Ok(records) => {
-            let next = records.last().map(|r| r.seq);
-            json_response(
-                StatusCode::OK,
-                &json!({"records": records, "next_after": next}),
-            )
-        }
-        Err(e) => store_error(e),
-    }
+    let store = admin.store.clone();
+    let records =
+        blocking(move || crate::audit::records(&*store, after, limit, since, subject.as_deref()))
+            .await
+            .map_err(AdminError::Store)?;
+    let next = records.last().map(|r| r.seq);
+    Ok(json!({"records": records, "next_after": next}))
 }

@@ -5,9 +5,29 @@
 use http::Method;
 use serde_json::{json, Map, Value};
 
-/// What a route does.
+/// What a route does: a public page or endpoint, or an operation of the
+/// humans' API (which needs a reviewer's credentials).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// Served without the API's authentication.
+    Public(Public),
+    /// `/api/v1`, for an authenticated human.
+    Api(ApiOp),
+}
+
+impl Op {
+    /// The OpenAPI `operationId`.
+    pub fn name(self) -> String {
+        match self {
+            Op::Public(p) => format!("{p:?}"),
+            Op::Api(a) => format!("{a:?}"),
+        }
+    }
+}
+
+/// Health, metrics, the dashboard and its login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Public {
     /// Liveness.
     Healthz,
     /// Readiness with detail.
@@ -16,6 +36,17 @@ pub enum Op {
     Metrics,
     /// This document.
     OpenApi,
+    /// The reviewers' dashboard.
+    Dashboard,
+    /// Token login → session cookie.
+    Login,
+    /// End the session.
+    Logout,
+}
+
+/// An operation of the humans' API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiOp {
     /// List approvals.
     ListApprovals,
     /// One approval.
@@ -32,12 +63,6 @@ pub enum Op {
     Audit,
     /// Reload the policy set.
     ReloadPolicy,
-    /// The reviewers' dashboard.
-    Dashboard,
-    /// Token login → session cookie.
-    Login,
-    /// End the session.
-    Logout,
     /// Who is logged in, and the CSRF token.
     Session,
     /// Server-sent events: approval changes.
@@ -82,7 +107,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::GET,
             "/",
-            Op::Dashboard,
+            Op::Public(Public::Dashboard),
             "The reviewers' dashboard (HTML)",
             false,
             &[],
@@ -92,7 +117,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::POST,
             "/login",
-            Op::Login,
+            Op::Public(Public::Login),
             "Log in with a bearer token (form field `token`); sets the session cookie",
             false,
             &[],
@@ -104,7 +129,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::POST,
             "/logout",
-            Op::Logout,
+            Op::Public(Public::Logout),
             "End the session (form field `csrf` or header x-csrf-token)",
             false,
             &[],
@@ -114,7 +139,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::GET,
             "/api/v1/session",
-            Op::Session,
+            Op::Api(ApiOp::Session),
             "The logged-in reviewer and the CSRF token",
             true,
             &[],
@@ -124,7 +149,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::GET,
             "/api/v1/events",
-            Op::Events,
+            Op::Api(ApiOp::Events),
             "Server-sent events: `approval` with {id, state, level} on every change",
             true,
             &[],
@@ -134,7 +159,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::GET,
             "/healthz",
-            Op::Healthz,
+            Op::Public(Public::Healthz),
             "Liveness",
             false,
             &[],
@@ -144,7 +169,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::GET,
             "/readyz",
-            Op::Readyz,
+            Op::Public(Public::Readyz),
             "Readiness: store and policy set",
             false,
             &[],
@@ -154,7 +179,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::GET,
             "/metrics",
-            Op::Metrics,
+            Op::Public(Public::Metrics),
             "Prometheus metrics (text format)",
             false,
             &[],
@@ -164,7 +189,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::GET,
             "/api/openapi.json",
-            Op::OpenApi,
+            Op::Public(Public::OpenApi),
             "This document",
             false,
             &[],
@@ -174,7 +199,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::GET,
             "/api/v1/approvals",
-            Op::ListApprovals,
+            Op::Api(ApiOp::ListApprovals),
             "List approvals, one page at a time (pending ones soonest deadline first, others newest first)",
             true,
             &[
@@ -192,7 +217,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::GET,
             "/api/v1/approvals/{id}",
-            Op::GetApproval,
+            Op::Api(ApiOp::GetApproval),
             "One approval",
             true,
             &[],
@@ -202,7 +227,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::POST,
             "/api/v1/approvals/{id}/approve",
-            Op::Approve,
+            Op::Api(ApiOp::Approve),
             "Approve the current body",
             true,
             &[],
@@ -212,7 +237,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::POST,
             "/api/v1/approvals/{id}/reject",
-            Op::Reject,
+            Op::Api(ApiOp::Reject),
             "Reject (the reason is returned to the agent)",
             true,
             &[],
@@ -224,7 +249,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::POST,
             "/api/v1/approvals/{id}/modify",
-            Op::Modify,
+            Op::Api(ApiOp::Modify),
             "Replace the body; counts as the modifier's approval of the new body",
             true,
             &[],
@@ -236,7 +261,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::POST,
             "/api/v1/approvals/{id}/override",
-            Op::Override,
+            Op::Api(ApiOp::Override),
             "Break-glass: approve now (break-glass roles only, reason required)",
             true,
             &[],
@@ -248,7 +273,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::GET,
             "/api/v1/audit",
-            Op::Audit,
+            Op::Api(ApiOp::Audit),
             "Audit records, oldest first",
             true,
             &[
@@ -263,7 +288,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(
             Method::POST,
             "/api/v1/policy/reload",
-            Op::ReloadPolicy,
+            Op::Api(ApiOp::ReloadPolicy),
             "Compile and test the policy directory; swap it in if it passes",
             true,
             &[],
@@ -371,9 +396,9 @@ pub fn openapi(table: &[Endpoint]) -> Value {
                                "description": description, "schema": {"type": "string"}}));
         }
         let content_type = match e.op {
-            Op::Metrics => "text/plain",
-            Op::Dashboard => "text/html",
-            Op::Events => "text/event-stream",
+            Op::Public(Public::Metrics) => "text/plain",
+            Op::Public(Public::Dashboard) => "text/html",
+            Op::Api(ApiOp::Events) => "text/event-stream",
             _ => "application/json",
         };
         let mut responses = Map::new();
@@ -381,7 +406,10 @@ pub fn openapi(table: &[Endpoint]) -> Value {
             e.ok.0.to_string(),
             json!({"description": "OK", "content": {content_type: {"schema": {"$ref": format!("#/components/schemas/{}", e.ok.1)}}}}),
         );
-        let errors: &[u16] = match (e.auth || e.op == Op::Logout, e.method == Method::POST) {
+        let errors: &[u16] = match (
+            e.auth || e.op == Op::Public(Public::Logout),
+            e.method == Method::POST,
+        ) {
             (true, true) => DECIDE_ERRORS,
             (true, false) => &[401, 403, 404, 503],
             (false, _) => &[503],
@@ -393,7 +421,7 @@ pub fn openapi(table: &[Endpoint]) -> Value {
             );
         }
         let mut op = json!({
-            "operationId": format!("{:?}", e.op),
+            "operationId": e.op.name(),
             "summary": e.summary,
             "parameters": params,
             "responses": responses,
@@ -403,7 +431,7 @@ pub fn openapi(table: &[Endpoint]) -> Value {
         }
         if let Some(body) = e.body {
             let schema: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-            let media = if matches!(e.op, Op::Login | Op::Logout) {
+            let media = if matches!(e.op, Op::Public(Public::Login) | Op::Public(Public::Logout)) {
                 "application/x-www-form-urlencoded"
             } else {
                 "application/json"
@@ -451,7 +479,7 @@ mod tests {
         let t = endpoints();
         assert!(matches!(
             resolve(&t, &Method::GET, "/api/v1/approvals/x"),
-            Resolved::Found(Op::GetApproval, Some(_))
+            Resolved::Found(Op::Api(ApiOp::GetApproval), Some(_))
         ));
         assert!(matches!(
             resolve(&t, &Method::DELETE, "/api/v1/approvals/x"),

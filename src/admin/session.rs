@@ -44,7 +44,7 @@ pub struct Sessions {
 }
 
 fn id_digest(id: &str) -> String {
-    crate::config::hex(&crate::config::sha256(id.as_bytes()))
+    crate::digest::hex(&crate::digest::sha256(id.as_bytes()))
 }
 
 fn unix_now() -> i64 {

@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
+use crate::digest::{hex, sha256};
 
 fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let mut env = BTreeMap::new();

@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use super::raw::{self, RawConfig};
 use super::*;
+use crate::digest::sha256;
 
 pub(super) struct Validator<'a> {
     pub(super) file: PathBuf,
@@ -252,8 +253,8 @@ impl Validator<'_> {
                 .audit
                 .key_env
                 .and_then(|var| match env.var(var.get_ref()) {
-                    Some(k) if k.len() >= crate::audit::AuditKey::MIN_LEN => {
-                        Some(crate::audit::AuditKey::new(k.as_bytes()))
+                    Some(k) if k.len() >= crate::audit::chain::AuditKey::MIN_LEN => {
+                        Some(crate::audit::chain::AuditKey::new(k.as_bytes()))
                     }
                     Some(_) => {
                         self.error(
@@ -262,7 +263,7 @@ impl Validator<'_> {
                             format!(
                                 "the key in {} must be at least {} bytes",
                                 var.get_ref(),
-                                crate::audit::AuditKey::MIN_LEN
+                                crate::audit::chain::AuditKey::MIN_LEN
                             ),
                         );
                         None
@@ -518,7 +519,7 @@ impl Validator<'_> {
             }
             let prefix = r.prefix.get_ref().trim_end_matches('/').to_string();
             if !r.prefix.get_ref().starts_with('/')
-                || crate::proxy::path::normalize(r.prefix.get_ref()).is_err()
+                || crate::http_util::path::normalize(r.prefix.get_ref()).is_err()
             {
                 self.error(
                     Some(r.prefix.span()),

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::decision::Decision;
 use crate::policy::decision::{Requirement, Risk};
-use crate::policy::Decision;
 
 /// Where an approval is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +170,31 @@ pub struct Approval {
 }
 
 impl Approval {
+    /// The next version of this approval: every change starts here, so the
+    /// store's version check makes concurrent changes lose, not merge.
+    pub fn next_version(&self) -> Approval {
+        let mut next = self.clone();
+        next.version += 1;
+        next
+    }
+
+    /// The next version, closed in `state` with `outcome` (who closed it and
+    /// why). `decided_at` records when it first left `pending`.
+    pub fn close(&self, state: State, outcome: Option<String>, now: i64) -> Approval {
+        let mut next = self.next_version();
+        next.mark(state, outcome, now);
+        next
+    }
+
+    /// Put this version in `state` (see [`Approval::close`]).
+    pub fn mark(&mut self, state: State, outcome: Option<String>, now: i64) {
+        self.state = state;
+        if outcome.is_some() {
+            self.outcome = outcome;
+        }
+        self.decided_at.get_or_insert(now);
+    }
+
     /// The stored request headers as a header map (unparseable ones, which
     /// Latch never stores, are skipped).
     pub fn header_map(&self) -> http::HeaderMap {

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use serde_json::Value as Json;
 
 use super::model::Approval;
-use super::GateError;
-use crate::app::Latch;
+use super::{Gate, GateError};
 use crate::history::ActionClass;
+use crate::http_util::query::parse_query;
 use crate::policy::body::{self, Format};
 use crate::policy::input::{self, RequestFacts};
 use crate::policy::{Action, Decision};
@@ -27,105 +27,108 @@ pub struct Rejudged {
     pub decision: Decision,
 }
 
-/// Encode `new` as the call's own media type and judge it as the proxy
-/// would have judged the agent's call.
-pub async fn rejudge(latch: &Latch, a: &Approval, new: &Json) -> Result<Rejudged, GateError> {
-    let route = latch
-        .routes
-        .iter()
-        .find(|r| r.config.name == a.route)
-        .ok_or_else(|| GateError::Invalid(format!("route {} no longer exists", a.route)))?;
-    let agent = latch
-        .directory
-        .get(&a.agent)
-        .ok_or_else(|| GateError::Invalid(format!("agent {} no longer exists", a.agent)))?;
-    let headers = a.header_map();
-    let invalid = |e: body::BodyError| GateError::Invalid(e.to_string());
-    let limit = route.config.max_body_bytes;
-    let current = body::judge(
-        &headers,
-        Bytes::from(a.body.clone()),
-        u64::MAX,
-        route.config.opaque_body,
-    )
-    .map_err(invalid)?;
-    let bytes = match current.format {
-        Format::Json => {
-            let was: Json = serde_json::from_slice(&current.bytes).unwrap_or(Json::Null);
-            if kind(&was) != kind(new) {
-                return Err(GateError::Invalid(format!(
-                    "the call's body is a JSON {}; the new body must be one too, not a {}",
-                    kind(&was),
-                    kind(new)
-                )));
+impl Gate {
+    /// Encode `new` as the call's own media type and judge it as the proxy
+    /// would have judged the agent's call.
+    pub(super) async fn rejudge(&self, a: &Approval, new: &Json) -> Result<Rejudged, GateError> {
+        let parts = self.parts();
+        let route = parts
+            .routes
+            .iter()
+            .find(|r| r.config.name == a.route)
+            .ok_or_else(|| GateError::Invalid(format!("route {} no longer exists", a.route)))?;
+        let agent = parts
+            .directory
+            .get(&a.agent)
+            .ok_or_else(|| GateError::Invalid(format!("agent {} no longer exists", a.agent)))?;
+        let headers = a.header_map();
+        let invalid = |e: body::BodyError| GateError::Invalid(e.to_string());
+        let limit = route.config.max_body_bytes;
+        let current = body::judge(
+            &headers,
+            Bytes::from(a.body.clone()),
+            u64::MAX,
+            route.config.opaque_body,
+        )
+        .map_err(invalid)?;
+        let bytes = match current.format {
+            Format::Json => {
+                let was: Json = serde_json::from_slice(&current.bytes).unwrap_or(Json::Null);
+                if kind(&was) != kind(new) {
+                    return Err(GateError::Invalid(format!(
+                        "the call's body is a JSON {}; the new body must be one too, not a {}",
+                        kind(&was),
+                        kind(new)
+                    )));
+                }
+                serde_json::to_vec(new).map_err(|e| GateError::Invalid(e.to_string()))?
             }
-            serde_json::to_vec(new).map_err(|e| GateError::Invalid(e.to_string()))?
+            Format::Form => encode_form(new)?,
+            Format::None | Format::Opaque => {
+                return Err(GateError::Invalid(
+                    "this call has no JSON or form body a reviewer can modify".into(),
+                ))
+            }
+        };
+        if bytes.len() as u64 > limit {
+            return Err(GateError::Invalid(format!(
+                "the new body exceeds the route's {limit} bytes"
+            )));
         }
-        Format::Form => encode_form(new)?,
-        Format::None | Format::Opaque => {
-            return Err(GateError::Invalid(
-                "this call has no JSON or form body a reviewer can modify".into(),
-            ))
-        }
-    };
-    if bytes.len() as u64 > limit {
-        return Err(GateError::Invalid(format!(
-            "the new body exceeds the route's {limit} bytes"
-        )));
+        let judged = body::judge(&headers, Bytes::from(bytes), limit, false).map_err(invalid)?;
+        let (path, query) = match a.target.split_once('?') {
+            Some((_, q)) => (a.path.as_str(), Some(q)),
+            None => (a.path.as_str(), None),
+        };
+        let query = parse_query(query);
+        body::check_overlap(&judged.value, &query).map_err(invalid)?;
+        let args = input::args(&judged.value, &query);
+        let class = ActionClass::with_values(
+            &a.agent,
+            &a.tool,
+            &a.method,
+            &args,
+            &route.config.class_args,
+        );
+        let sha256 = crate::digest::body_sha256(&judged.bytes);
+        let facts = RequestFacts {
+            method: &a.method,
+            path,
+            query: &query,
+            headers: &headers,
+            allowed_headers: &parts.input_headers,
+            body: &judged.value,
+            body_format: judged.format.as_str(),
+            body_sha256: Some(&sha256),
+            size: Some(judged.bytes.len() as u64),
+        };
+        let doc = input::build(
+            &facts,
+            &route.input,
+            &agent.input,
+            (&a.tool, args, &class.fingerprint()),
+            &parts.history.get(&class),
+            chrono::Utc::now(),
+        );
+        let (_, eval) = parts.policy.evaluate(doc).await;
+        let verdict = eval.decision;
+        let decision = match verdict.action {
+            Action::Deny => {
+                return Err(GateError::PolicyDenied {
+                    code: verdict.code,
+                    reasons: verdict.reasons,
+                })
+            }
+            Action::Allow => a.decision.clone(),
+            Action::Gate => a.decision.tightened(&verdict, a.level),
+        };
+        Ok(Rejudged {
+            bytes: judged.bytes.to_vec(),
+            sha256,
+            verdict,
+            decision,
+        })
     }
-    let judged = body::judge(&headers, Bytes::from(bytes), limit, false).map_err(invalid)?;
-    let (path, query) = match a.target.split_once('?') {
-        Some((_, q)) => (a.path.as_str(), Some(q)),
-        None => (a.path.as_str(), None),
-    };
-    let query = input::parse_query(query);
-    body::check_overlap(&judged.value, &query).map_err(invalid)?;
-    let args = input::args(&judged.value, &query);
-    let class = ActionClass::with_values(
-        &a.agent,
-        &a.tool,
-        &a.method,
-        &args,
-        &route.config.class_args,
-    );
-    let sha256 = crate::config::hex(&crate::config::sha256(&judged.bytes));
-    let facts = RequestFacts {
-        method: &a.method,
-        path,
-        query: &query,
-        headers: &headers,
-        allowed_headers: &latch.config.policy.input_headers,
-        body: &judged.value,
-        body_format: judged.format.as_str(),
-        body_sha256: Some(&sha256),
-        size: Some(judged.bytes.len() as u64),
-    };
-    let doc = input::build(
-        &facts,
-        &route.input,
-        &agent.input,
-        (&a.tool, args, &class.fingerprint()),
-        &latch.history.get(&class),
-        chrono::Utc::now(),
-    );
-    let (_, eval) = latch.evaluate(doc).await;
-    let verdict = eval.decision;
-    let decision = match verdict.action {
-        Action::Deny => {
-            return Err(GateError::PolicyDenied {
-                code: verdict.code,
-                reasons: verdict.reasons,
-            })
-        }
-        Action::Allow => a.decision.clone(),
-        Action::Gate => a.decision.tightened(&verdict, a.level),
-    };
-    Ok(Rejudged {
-        bytes: judged.bytes.to_vec(),
-        sha256,
-        verdict,
-        decision,
-    })
 }
 
 fn kind(v: &Json) -> &'static str {

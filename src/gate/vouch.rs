@@ -7,7 +7,7 @@
 //! consistency check against the hashed records.
 
 use super::model::Approval;
-use crate::audit::{AuditKey, Record};
+use crate::audit::chain::{AuditKey, Record};
 
 /// `Ok` when `records` (the approval's audit events, oldest first) vouch
 /// that `a` is approved for its current body; otherwise why not.
@@ -61,7 +61,7 @@ pub fn vouched(a: &Approval, records: &[Record], key: Option<&AuditKey>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{seal, Event, GENESIS};
+    use crate::audit::chain::{seal, Event, GENESIS};
     use serde_json::json;
 
     fn chain(events: &[(&str, serde_json::Value)], key: Option<&AuditKey>) -> Vec<Record> {

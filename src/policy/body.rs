@@ -380,7 +380,10 @@ fn percent_decode(s: &str) -> Result<String, BodyError> {
 /// Refuse a parameter that appears in both the query and an object body:
 /// frameworks merge the two differently, so the policy could judge one value
 /// while the tool acts on the other.
-pub fn check_overlap(body: &Value, query: &super::input::Query) -> Result<(), BodyError> {
+pub fn check_overlap(
+    body: &Value,
+    query: &crate::http_util::query::Query,
+) -> Result<(), BodyError> {
     if query.is_empty() {
         return Ok(());
     }
@@ -531,12 +534,12 @@ mod tests {
     #[test]
     fn query_and_body_may_not_both_name_a_parameter() {
         let body = parse_json(br#"{"amount": 5}"#).unwrap();
-        let q = super::super::input::parse_query(Some("amount=5000"));
+        let q = crate::http_util::query::parse_query(Some("amount=5000"));
         assert_eq!(
             check_overlap(&body, &q),
             Err(BodyError::Ambiguous("amount".into()))
         );
-        let q = super::super::input::parse_query(Some("dry_run=1"));
+        let q = crate::http_util::query::parse_query(Some("dry_run=1"));
         assert!(check_overlap(&body, &q).is_ok());
     }
 }

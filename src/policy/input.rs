@@ -16,7 +16,8 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use http::{HeaderMap, HeaderName};
 use regorus::Value;
 
-use crate::history::Stats;
+use crate::history::stats::Stats;
+use crate::http_util::query::Query;
 
 /// Facts about one request, gathered by the proxy.
 #[derive(Debug)]
@@ -40,24 +41,6 @@ pub struct RequestFacts<'a> {
     /// Body size in bytes, when known.
     pub size: Option<u64>,
 }
-
-/// `input.route`, built once per route at start-up.
-pub fn route_facts(name: &str, upstream: &str, tool: &str) -> Value {
-    object([
-        ("name", Value::from(name)),
-        ("upstream", Value::from(upstream)),
-        ("tool", Value::from(tool)),
-    ])
-}
-
-/// `input.agent`, built once per principal at start-up.
-pub fn agent_facts(id: &str, roles: &[String]) -> Value {
-    let roles: Vec<Value> = roles.iter().map(|r| Value::from(r.as_str())).collect();
-    object([("id", Value::from(id)), ("roles", Value::from(roles))])
-}
-
-/// Query parameters: each key with its values in order.
-pub type Query = BTreeMap<String, Vec<String>>;
 
 /// An object from `(key, value)` pairs.
 pub fn object<'k>(pairs: impl IntoIterator<Item = (&'k str, Value)>) -> Value {
@@ -94,56 +77,6 @@ pub fn args(body: &Value, query: &Query) -> Value {
         (k.as_str(), v)
     });
     object(args)
-}
-
-/// Parse a query string (`+` is a space, bad escapes are kept literally).
-pub fn parse_query(query: Option<&str>) -> Query {
-    let mut out = Query::new();
-    let Some(q) = query else { return out };
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.entry(decode_component(k))
-            .or_default()
-            .push(decode_component(v));
-    }
-    out
-}
-
-fn decode_component(s: &str) -> String {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return s.to_string();
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(d) => {
-                        out.push(d);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 thread_local! {
@@ -282,20 +215,11 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_util::query::parse_query;
     use serde_json::json;
 
     fn js(v: &Value) -> serde_json::Value {
         serde_json::to_value(v).unwrap()
-    }
-
-    #[test]
-    fn query_parsing() {
-        let q = parse_query(Some("q=rust+lang&tag=a&tag=b%20c&flag&bad=%zz"));
-        assert_eq!(q["q"], vec!["rust lang"]);
-        assert_eq!(q["tag"], vec!["a", "b c"]);
-        assert_eq!(q["flag"], vec![""]);
-        assert_eq!(q["bad"], vec!["%zz"]);
-        assert!(parse_query(None).is_empty());
     }
 
     #[test]

@@ -5,10 +5,12 @@
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
 
-use super::path::PathError;
+use crate::gate::GateError;
+use crate::http_util::path::PathError;
+use crate::http_util::{json as json_response, Body};
 use crate::identity::AuthError;
 use crate::policy::body::BodyError;
-use crate::server::{json as json_response, Body};
+use crate::upstream::SendError;
 
 /// A call Latch answers itself with an error.
 #[derive(Debug, thiserror::Error)]
@@ -146,5 +148,39 @@ impl ProxyError {
             );
         }
         resp
+    }
+}
+
+impl From<GateError> for ProxyError {
+    fn from(e: GateError) -> ProxyError {
+        match e {
+            GateError::TooManyPending(n) => ProxyError::TooManyPending(n),
+            GateError::IdempotencyConflict => ProxyError::IdempotencyConflict,
+            GateError::AuditUnavailable => ProxyError::AuditUnavailable,
+            GateError::Store(_) => ProxyError::StoreUnavailable,
+            GateError::NotFound => ProxyError::UnknownApproval,
+            GateError::Closed(_)
+            | GateError::Forbidden(_)
+            | GateError::AlreadyVoted(_)
+            | GateError::Invalid(_)
+            | GateError::PolicyDenied { .. } => {
+                tracing::error!(error = %e, "unexpected gate refusal on the data plane");
+                ProxyError::Internal
+            }
+        }
+    }
+}
+
+impl ProxyError {
+    /// The answer for a call the upstream did not answer; `limit` is the
+    /// route's body limit (a streamed body can pass it mid-send).
+    pub fn from_send(e: SendError, limit: u64) -> ProxyError {
+        match e {
+            SendError::Timeout => ProxyError::UpstreamTimeout,
+            SendError::BodyTooLarge => ProxyError::BodyTooLarge(limit),
+            SendError::Unavailable(_) => ProxyError::UpstreamUnavailable,
+            SendError::Failed(_) => ProxyError::UpstreamFailed,
+            SendError::Target(_) => ProxyError::Internal,
+        }
     }
 }

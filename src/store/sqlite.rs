@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Context};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{ApprovalQuery, Durability, HistoryRow, Inserted, Store, StoredSession};
-use crate::audit::{self, AuditKey, Event, Head, Record};
+use super::{ApprovalQuery, HistoryRow, Inserted, Store, StoredSession};
+use crate::audit::chain::{self as audit, AuditKey, Event, Head, Record};
 use crate::gate::model::{Approval, State};
-use crate::history::Stats;
+use crate::history::stats::Stats;
 
 /// Schema changes, in order; entry `i` moves the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -406,27 +406,19 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn append_audit(
-        &self,
-        events: &[Event],
-        durability: Durability,
-    ) -> anyhow::Result<Vec<Record>> {
+    fn append_audit(&self, events: &[Event]) -> anyhow::Result<Vec<Record>> {
         let mut db = self.db()?;
         let Db { conn, tail } = &mut *db;
-        if durability == Durability::Process {
-            // WAL + NORMAL: the commit survives a crash of Latch (the OS has the
-            // pages); the next synced commit makes it durable on disk too.
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-        }
+        // WAL + NORMAL: the commit survives a crash of Latch (the OS has the
+        // pages); the next synced commit makes it durable on disk too.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         let result = (|| {
             let tx = conn.transaction()?;
             let records = append(&tx, tail, events, self.key.as_ref())?;
             tx.commit()?;
             Ok::<_, anyhow::Error>(records)
         })();
-        if durability == Durability::Process {
-            conn.pragma_update(None, "synchronous", "FULL")?;
-        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
         let records = result?;
         if let Some(last) = records.last() {
             *tail = (last.seq, last.hash.clone());

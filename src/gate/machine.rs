@@ -1,0 +1,326 @@
+//! The approval state machine, pure: given an approval, who acts, what they
+//! ask and the time, say what the next version is and what the audit trail
+//! records — or why not. No store, no clock, no I/O; [`super::Gate`] loads,
+//! commits and wakes.
+
+use serde_json::json;
+
+use super::model::{Approval, State, Vote, VoteKind};
+use super::rejudge::Rejudged;
+use super::{quorum, GateError};
+use crate::audit::chain::Event;
+use crate::identity::{Directory, Principal};
+use crate::policy::decision::{Mode, OnTimeout};
+
+/// What a reviewer asks for.
+#[derive(Debug, Clone)]
+pub enum Act {
+    /// Approve the current body.
+    Approve {
+        /// Optional comment.
+        comment: Option<String>,
+    },
+    /// Reject.
+    Reject {
+        /// Required reason (shown to the agent).
+        reason: String,
+        /// Optional structured code.
+        code: Option<String>,
+    },
+    /// Replace the body; counts as the modifier's approval of the new body.
+    Modify {
+        /// The new JSON body.
+        body: serde_json::Value,
+        /// Optional comment.
+        comment: Option<String>,
+    },
+    /// Break-glass: approve now, whatever the quorum.
+    Override {
+        /// Required reason.
+        reason: String,
+    },
+}
+
+/// Who may do what, besides the approval itself.
+pub struct Rules<'a> {
+    /// Principals: roles (for quorum) and owners (who may not decide).
+    pub directory: &'a Directory,
+    /// Roles that may break glass.
+    pub break_glass_roles: &'a [String],
+}
+
+/// One committed change: the next version and its audit event.
+#[derive(Debug)]
+pub struct Transition {
+    /// The approval's next version.
+    pub next: Approval,
+    /// What the audit trail records, in the same transaction.
+    pub event: Event,
+    /// The `latch_approval_outcomes_total` label.
+    pub outcome: &'static str,
+}
+
+/// Apply a reviewer's act to `a` at `now`. A modify must come with its
+/// body already judged by the policy (`rejudged`).
+pub fn apply(
+    a: &Approval,
+    actor: &Principal,
+    act: &Act,
+    rules: &Rules<'_>,
+    rejudged: Option<Rejudged>,
+    now: i64,
+) -> Result<Transition, GateError> {
+    if a.state != State::Pending {
+        return Err(GateError::Closed(a.state.as_str()));
+    }
+    let vote = |kind, sha: &str, comment: Option<String>| Vote {
+        principal: actor.id.clone(),
+        kind,
+        level: a.level,
+        body_sha256: sha.to_string(),
+        comment,
+        at: now,
+    };
+    let event = |name: &str, details| Event::new(&actor.id, name, &a.id, details);
+    match act {
+        Act::Override { reason } => {
+            if !rules.break_glass_roles.iter().any(|r| actor.has_role(r)) {
+                return Err(GateError::Forbidden(format!(
+                    "{} holds no break-glass role",
+                    actor.id
+                )));
+            }
+            if reason.trim().is_empty() {
+                return Err(GateError::Invalid("override needs a reason".into()));
+            }
+            check_independent(rules.directory, a, actor)?;
+            let why = format!("break-glass override by {}: {reason}", actor.id);
+            Ok(Transition {
+                next: a.close(State::Approved, Some(why), now),
+                event: event(
+                    "override",
+                    json!({"reason": reason, "break_glass": true, "level": a.level, "body_sha256": a.body_sha256}),
+                ),
+                outcome: "overridden",
+            })
+        }
+        Act::Approve { comment } => {
+            check_voter(rules.directory, a, actor)?;
+            let already = a.votes.iter().any(|v| {
+                v.principal == actor.id
+                    && v.kind == VoteKind::Approve
+                    && v.level == a.level
+                    && v.body_sha256 == a.body_sha256
+            });
+            if already {
+                return Err(GateError::AlreadyVoted(actor.id.clone()));
+            }
+            let mut next = a.next_version();
+            next.votes
+                .push(vote(VoteKind::Approve, &a.body_sha256, comment.clone()));
+            let met = quorum_met(rules.directory, &next);
+            if met {
+                next.mark(State::Approved, None, now);
+            }
+            Ok(Transition {
+                next,
+                event: event(
+                    "approve",
+                    json!({"level": a.level, "body_sha256": a.body_sha256, "comment": comment, "quorum_met": met}),
+                ),
+                outcome: if met { "approved" } else { "vote" },
+            })
+        }
+        Act::Reject { reason, code } => {
+            check_voter(rules.directory, a, actor)?;
+            if reason.trim().is_empty() {
+                return Err(GateError::Invalid("reject needs a reason".into()));
+            }
+            let mut next = a.close(State::Rejected, Some(reason.clone()), now);
+            next.votes
+                .push(vote(VoteKind::Reject, &a.body_sha256, Some(reason.clone())));
+            if let Some(c) = code {
+                next.decision.code = c.clone();
+            }
+            Ok(Transition {
+                next,
+                event: event(
+                    "reject",
+                    json!({"level": a.level, "reason": reason, "code": code}),
+                ),
+                outcome: "rejected",
+            })
+        }
+        Act::Modify { body, comment } => {
+            check_voter(rules.directory, a, actor)?;
+            let Some(judged) = rejudged else {
+                return Err(GateError::Invalid(
+                    "the modified body was not judged".into(),
+                ));
+            };
+            if judged.sha256 == a.body_sha256 {
+                return Err(GateError::Invalid(
+                    "the new body is identical to the current one".into(),
+                ));
+            }
+            let original = a.original_body.clone().unwrap_or_else(|| a.body.clone());
+            let original_json: serde_json::Value =
+                serde_json::from_slice(&original).unwrap_or(serde_json::Value::Null);
+            let mut next = a.next_version();
+            next.original_body = Some(original);
+            next.body = judged.bytes;
+            next.body_sha256 = judged.sha256.clone();
+            // The policy judged the new bytes: its requirements apply from
+            // now on (a stricter gate tightens the quorum before any vote).
+            next.decision = judged.decision;
+            next.headers
+                .retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
+            // Earlier approvals were for other bytes: they no longer count.
+            next.votes
+                .push(vote(VoteKind::Approve, &judged.sha256, comment.clone()));
+            let met = quorum_met(rules.directory, &next);
+            if met {
+                next.mark(State::Approved, None, now);
+            }
+            let patch = crate::audit::chain::json_patch(&original_json, body);
+            Ok(Transition {
+                event: event(
+                    "modify",
+                    json!({
+                        "level": a.level, "patch": patch,
+                        "body_sha256": judged.sha256, "previous_sha256": a.body_sha256, "comment": comment, "quorum_met": met,
+                        "policy": {"action": judged.verdict.action, "code": judged.verdict.code, "risk": judged.verdict.risk},
+                        "required": next.requirements(),
+                    }),
+                ),
+                next,
+                outcome: "modified",
+            })
+        }
+    }
+}
+
+/// What a passed deadline does to a pending approval: a veto window
+/// approves, an escalation moves to the next level, `on_timeout = allow`
+/// approves (level 0 only), anything else expires.
+pub fn on_deadline(a: &Approval, now: i64) -> Option<Transition> {
+    if a.state != State::Pending || a.deadline > now {
+        return None;
+    }
+    let spec = a.decision.approval.as_ref()?;
+    let latch = |name: &str, details| Event::new("latch", name, &a.id, details);
+    let level = json!({"level": a.level});
+    let escalations = spec.escalate.len() as u32;
+    Some(if spec.mode == Mode::Veto {
+        Transition {
+            next: a.close(
+                State::Approved,
+                Some("veto window passed without a rejection".into()),
+                now,
+            ),
+            event: latch("veto_window_passed", level),
+            outcome: "approved",
+        }
+    } else if spec.on_timeout == OnTimeout::Escalate && a.level < escalations {
+        let up = &spec.escalate[a.level as usize];
+        let mut next = a.next_version();
+        next.level = a.level + 1;
+        next.deadline = now + (up.timeout_s as i64) * 1000;
+        Transition {
+            event: latch(
+                "escalate",
+                json!({"level": next.level, "require": up.require, "deadline_ms": next.deadline}),
+            ),
+            next,
+            outcome: "escalated",
+        }
+    } else if spec.on_timeout == OnTimeout::Allow && a.level == 0 {
+        Transition {
+            next: a.close(State::Approved, Some("allowed on timeout".into()), now),
+            event: latch("timeout_allow", level),
+            outcome: "approved",
+        }
+    } else {
+        Transition {
+            next: a.close(
+                State::Expired,
+                Some("no decision before the deadline".into()),
+                now,
+            ),
+            event: latch("expire", level),
+            outcome: "expired",
+        }
+    })
+}
+
+/// A pending approval whose caller went away.
+pub fn cancel(a: &Approval, why: &str, now: i64) -> Option<Transition> {
+    (a.state == State::Pending).then(|| Transition {
+        next: a.close(State::Cancelled, Some(why.to_string()), now),
+        event: Event::new("latch", "cancel", &a.id, json!({"reason": why})),
+        outcome: "cancelled",
+    })
+}
+
+/// Whether `actor` may vote on or modify `a` now: an independent human
+/// (see [`check_independent`]) holding a role the current level requires.
+pub fn check_voter(
+    directory: &Directory,
+    a: &Approval,
+    actor: &Principal,
+) -> Result<(), GateError> {
+    check_independent(directory, a, actor)?;
+    if !a.requirements().iter().any(|r| actor.has_role(&r.role)) {
+        return Err(GateError::Forbidden(format!(
+            "{} holds none of the roles this level needs",
+            actor.id
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `actor` may release `a` at all: a human, neither the agent that
+/// asked nor one of its owners. Break-glass needs this too: an owner cannot
+/// override what they may not approve.
+fn check_independent(
+    directory: &Directory,
+    a: &Approval,
+    actor: &Principal,
+) -> Result<(), GateError> {
+    if actor.has_role("agent") {
+        return Err(GateError::Forbidden(
+            "agents cannot decide approvals".into(),
+        ));
+    }
+    if actor.id == a.agent {
+        return Err(GateError::Forbidden(
+            "self-approval is not allowed: you made this request".into(),
+        ));
+    }
+    let owns = directory
+        .get(&a.agent)
+        .is_some_and(|p| p.owners.contains(&actor.id));
+    if owns {
+        return Err(GateError::Forbidden(format!(
+            "{} owns agent {} and may not decide its calls",
+            actor.id, a.agent
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the current level's requirements are met by approvals of the
+/// current body, each person counted once.
+fn quorum_met(directory: &Directory, a: &Approval) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let approvers: Vec<Vec<String>> = a
+        .votes
+        .iter()
+        .filter(|v| {
+            v.kind == VoteKind::Approve && v.level == a.level && v.body_sha256 == a.body_sha256
+        })
+        .filter(|v| seen.insert(v.principal.clone()))
+        .filter_map(|v| directory.get(&v.principal).map(|p| p.roles.clone()))
+        .collect();
+    quorum::met(a.requirements(), &approvers)
+}

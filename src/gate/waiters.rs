@@ -1,0 +1,102 @@
+//! Wake-ups for held calls. A held caller watches its approval; a verdict
+//! wakes every watcher. An entry lives exactly as long as someone watches:
+//! however a wait ends (verdict, `hold_s` passing, the caller going away),
+//! dropping the last [`Watch`] removes it, so entries cannot pile up.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+/// Notifiers by approval id, one per approval someone is waiting on.
+#[derive(Default)]
+pub struct Waiters {
+    map: DashMap<String, Arc<Notify>>,
+}
+
+/// One caller's interest in an approval; removes the entry when the last
+/// watcher of that approval lets go.
+pub struct Watch<'a> {
+    waiters: &'a Waiters,
+    id: String,
+    notify: Option<Arc<Notify>>,
+}
+
+impl Waiters {
+    /// Start watching `id`.
+    pub fn watch(&self, id: &str) -> Watch<'_> {
+        let notify = self.map.entry(id.to_string()).or_default().clone();
+        Watch {
+            waiters: self,
+            id: id.to_string(),
+            notify: Some(notify),
+        }
+    }
+
+    /// Wake everyone watching `id`.
+    pub fn wake(&self, id: &str) {
+        if let Some(n) = self.map.get(id) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Approvals someone is watching.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nobody is watching anything.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+impl Watch<'_> {
+    /// The notifier to register with before reading the approval's state
+    /// (present from construction until drop).
+    pub fn notify(&self) -> Option<&Notify> {
+        self.notify.as_deref()
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        drop(self.notify.take());
+        // `entry`/`remove_if` lock the same shard, so a watcher arriving now
+        // either sees the entry (count 2: kept) or creates a fresh one.
+        self.waiters
+            .map
+            .remove_if(&self.id, |_, n| Arc::strong_count(n) == 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_watcher_removes_the_entry() {
+        let w = Waiters::default();
+        let a = w.watch("x");
+        let b = w.watch("x");
+        assert_eq!(w.len(), 1);
+        drop(a);
+        assert_eq!(w.len(), 1, "b still watches");
+        drop(b);
+        assert!(w.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_remaining_watcher_is_still_woken() {
+        let w = Arc::new(Waiters::default());
+        let first = w.watch("x");
+        drop(first);
+        let second = w.watch("x");
+        let mut woken = std::pin::pin!(second.notify().unwrap().notified());
+        woken.as_mut().enable();
+        w.wake("x");
+        tokio::time::timeout(std::time::Duration::from_secs(1), woken)
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,70 @@
+//! Stage 4, evaluate: the policy's decision, shadow mode, and the history
+//! the next call's novelty is judged against.
+
+use std::sync::Arc;
+
+use super::call::Call;
+use super::{Ctx, Proxy};
+use crate::config::Mode;
+use crate::policy::{Action, Decision, PolicySet};
+
+/// What the policy decided and what Latch will do about it.
+pub(super) struct Verdict {
+    /// The policy set that decided.
+    pub policy: Arc<PolicySet>,
+    /// The decision to carry out.
+    pub decision: Decision,
+    /// Shadow mode: what the policy would have done (the call goes through).
+    pub shadowed: Option<Action>,
+}
+
+/// Evaluate `call` (its input is moved to the evaluator threads).
+pub(super) async fn evaluate(
+    p: &Proxy,
+    call: &mut Call<'_>,
+    buffered: bool,
+    ctx: &mut Ctx,
+) -> Verdict {
+    let input = std::mem::replace(&mut call.input, regorus::Value::Null);
+    // On its own threads, within its time limit (a failure is logged there).
+    let (policy, eval) = p.policy.evaluate(input).await;
+    let mut decision = eval.decision;
+    ctx.outcome = decision.action.as_str();
+    ctx.policy_code = Some(decision.code.clone());
+    let route = &call.route.config;
+    // Shadow mode: record what the policy would have done, then let the call
+    // through, so a team can watch a new policy before it bites.
+    let shadowed =
+        (route.mode == Mode::Shadow && decision.action != Action::Allow).then_some(decision.action);
+    if let Some(would) = shadowed {
+        ctx.outcome = "shadow";
+        p.metrics
+            .shadow
+            .with_label_values(&[route.name.as_str(), would.as_str()])
+            .inc();
+    }
+    let carried_out = match shadowed {
+        Some(_) => "allow",
+        None => decision.action.as_str(),
+    };
+    p.history
+        .record(&call.class, carried_out, call.now.timestamp());
+    if shadowed.is_none() && decision.action == Action::Gate && !buffered {
+        // Approval binds to exact bytes; a streamed body has none to bind.
+        decision = Decision {
+            action: Action::Deny,
+            code: "gate_requires_buffered_body".into(),
+            reasons: vec![
+                "this call needs approval, but its route streams bodies, so there are no exact bytes to approve"
+                    .into(),
+            ],
+            ..decision
+        };
+        ctx.outcome = "deny";
+    }
+    Verdict {
+        policy,
+        decision,
+        shadowed,
+    }
+}

@@ -1,0 +1,41 @@
+//! Outcome: forward. The judged call goes out through the route's one
+//! sending path ([`Route::send`]); the upstream's answer streams back.
+
+use http::{HeaderValue, Response};
+use http_body_util::BodyExt;
+
+use super::error::ProxyError;
+use crate::http_util::{path, Body};
+use crate::server::ConnInfo;
+use crate::upstream::{Call, Route};
+
+/// Send the call and relay the answer, marked `latch-decision: allow`.
+pub(super) async fn forward(
+    route: &Route,
+    parts: http::request::Parts,
+    body: Body,
+    conn: &ConnInfo,
+) -> Result<Response<Body>, ProxyError> {
+    let suffix = path::raw_suffix(parts.uri.path(), &route.config.prefix);
+    let call = Call {
+        method: parts.method,
+        suffix: &suffix,
+        query: parts.uri.query(),
+        headers: parts.headers,
+        body,
+        peer: conn.peer,
+        tls: conn.tls,
+    };
+    let resp = route
+        .send(call)
+        .await
+        .map_err(|e| ProxyError::from_send(e, route.config.max_body_bytes))?;
+    let (mut parts, body) = resp.into_parts();
+    parts
+        .headers
+        .insert("latch-decision", HeaderValue::from_static("allow"));
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(crate::http_util::BodyError::from).boxed(),
+    ))
+}

@@ -1,0 +1,47 @@
+//! Stage 5, record: the allow/deny decision lands in the audit chain
+//! before the call is answered or sent, so nothing executes unaudited.
+
+use serde_json::json;
+
+use super::call::Call;
+use super::error::ProxyError;
+use super::Proxy;
+use crate::audit::chain::Event;
+use crate::identity::Principal;
+use crate::policy::Decision;
+
+/// A judged call, ready to be recorded.
+pub(super) struct Recorded<'a> {
+    /// The proxy.
+    pub proxy: &'a Proxy,
+    /// Request (and decision) id.
+    pub request_id: &'a str,
+    /// The agent.
+    pub agent: &'a Principal,
+    /// The call.
+    pub call: &'a Call<'a>,
+    /// Hash of the policy set that decided.
+    pub policy: &'a str,
+}
+
+impl Recorded<'_> {
+    /// Commit the decision record; refuses the call if the log is down.
+    pub async fn record(&self, d: &Decision, shadow: bool) -> Result<(), ProxyError> {
+        let c = self.call;
+        let event = Event::new(
+            &self.agent.id,
+            "decision",
+            self.request_id,
+            json!({
+                "action": d.action, "code": d.code, "risk": d.risk, "reasons": d.reasons,
+                "route": c.route.config.name, "method": c.method.as_str(), "path": c.path,
+                "body_sha256": c.body_sha256, "policy": self.policy, "shadow": shadow,
+            }),
+        );
+        self.proxy
+            .audit
+            .record(event)
+            .await
+            .map_err(|_| ProxyError::AuditUnavailable)
+    }
+}
