@@ -82,7 +82,8 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|h| http::HeaderName::from_static(h))
         .collect();
-    let route = latch::upstream::route_facts("trade", "http://127.0.0.1:9001/trade", "execute_trade");
+    let route =
+        latch::upstream::route_facts("trade", "http://127.0.0.1:9001/trade", "execute_trade");
     let agent = latch::identity::agent_facts("support-bot", &["agent".to_string()]);
     let raw = br#"{"symbol": "ACME", "amount": 5000, "currency": "EUR"}"#;
     g.bench_function("input/build_from_request", |b| {

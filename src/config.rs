@@ -7,6 +7,7 @@
 
 pub mod raw;
 mod validate;
+mod validate_routes;
 
 use std::collections::BTreeMap;
 use std::fmt;

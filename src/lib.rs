@@ -2,28 +2,58 @@
 //!
 //! Agents send their tool calls through Latch; Rego policy decides whether
 //! each one is allowed, denied or gated for human approval, and only Latch
-//! holds the upstream credentials.
+//! holds the upstream credentials. Start reading at [`proxy`] (one call's
+//! pipeline) and [`gate`] (what happens to a held call).
 //!
-//! ## Layout
-//!
-//! A call flows one way through these modules:
+//! ## A call, end to end
 //!
 //! ```text
-//! server (accept, TLS, HTTP/1.1)
-//!   → proxy (path checks → identity → route → body → input → policy → record → forward)
-//!       → identity  who is calling (bearer token, client certificate)
-//!       → policy    Rego: load, compile (VM + interpreter), evaluate, parse the decision
-//!       → history   action classes and their counts (novelty), persisted via store
-//!       → proxy::upstream  pooled http/https client per route
-//!   → telemetry (Prometheus metrics, one log line per request)
+//! server ─ accept, TLS, HTTP/1.1 ─▶ proxy::handle
+//!   admit (method, path, identity) → route → read body → build the call
+//!   → evaluate (policy::Engine) → record (audit) → forward | deny | hold
+//!        forward: upstream::Route::send ──▶ tool
+//!        hold:    gate::Gate::propose, then wait for a verdict
+//! admin ─ dashboard / API / CLI ─▶ gate::Gate::decide ─ quorum met ─▶ Gate::execute
+//!                                                           └▶ upstream::Route::send
+//! ```
+//!
+//! ## Modules, and which way they depend
+//!
+//! Each layer uses only the layers below it (`tests/layering.rs` enforces
+//! this; there are no import cycles):
+//!
+//! ```text
+//! main → cli, testing
+//!   → app                        start-up: builds the handles, binds listeners
+//!     → proxy, admin, demo       the agents' data plane; the humans' API and dashboard
+//!       → server                 accept loop, TLS, client-certificate identity
+//!         → gate                 approvals: Gate handle, pure state machine, execution
+//!           → policy, upstream, history, audit, identity
+//!             → store, telemetry, tls
+//!               → config
+//!                 → gate::model, audit::chain          record types
+//!                   → digest, http_util, throttle,      leaves: import nothing of ours
+//!                     policy::decision, history::stats
 //! ```
 //!
 //! - [`config`]: `latch.toml` → validated [`config::Config`] (errors name key and line).
-//! - [`app`]: the shared state handle ([`app::Latch`]) and start-up.
-//! - [`admin`]: health, readiness and `/metrics` on the admin listener.
+//! - [`app`]: [`app::build`] makes the handles; [`app::start`] runs them.
+//! - [`proxy`]: the pipeline, one stage per file; [`proxy::error`] maps every refusal.
+//! - [`gate`]: [`gate::Gate`] (propose, decide, cancel, expire, execute,
+//!   recover); the rules in [`gate::machine`] are pure functions of an
+//!   approval, an act and the time.
+//! - [`policy`]: Rego load, compile (VM + interpreter), evaluate on
+//!   dedicated threads ([`policy::Engine`]), parse the decision; the input
+//!   document ([`policy::input`]) and strict body judging ([`policy::body`]).
+//! - [`upstream`]: routes and [`upstream::Route::send`], the one way a call leaves.
+//! - [`admin`]: `/api/v1`, the dashboard, `/healthz`, `/readyz`, `/metrics`.
+//! - [`audit`]: the hash chain ([`audit::chain`]) and the decision writer.
+//! - [`history`]: action classes and their counts (novelty).
 //! - [`store`]: the storage trait and its SQLite implementation.
+//! - [`identity`], [`throttle`], [`tls`], [`telemetry`], [`digest`], [`http_util`].
 //! - [`demo`]: a built-in tool upstream for the README demo.
-//! - [`cli`]: the `latch` commands.
+//! - [`cli`] and [`client`]: the `latch` commands.
+//! - `testing` (feature `test-util`): the harness tests and benches share.
 
 pub mod admin;
 pub mod app;

@@ -1,6 +1,7 @@
 //! Durable state behind one trait, so a PostgreSQL backend can stand beside
 //! the embedded SQLite default without touching the pipeline.
 
+pub mod migrations;
 pub mod sqlite;
 
 use crate::audit::chain::{Event, Head, Record};

@@ -165,10 +165,45 @@ pub fn hash(seq: i64, ts: &str, e: &Event, prev_hash: &str) -> String {
         "seq": seq, "ts": ts, "actor": e.actor, "event": e.event,
         "subject": e.subject, "details": e.details, "prev_hash": prev_hash,
     });
+    let mut text = String::with_capacity(256);
+    canonical(&body, &mut text);
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
-    h.update(body.to_string().as_bytes());
+    h.update(text.as_bytes());
     crate::digest::hex(&h.finalize())
+}
+
+/// Canonical JSON: object keys sorted, no insignificant whitespace. Written
+/// out here rather than left to `serde_json`'s map order, which a feature
+/// (`preserve_order`) enabled anywhere in the build would change.
+pub fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(&map[k.as_str()], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
 }
 
 /// Seal `event` as record `seq` after `prev_hash` (with a MAC when keyed).
@@ -381,6 +416,33 @@ fn diff(path: &str, from: &Value, to: &Value, ops: &mut Vec<Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chain's arithmetic is a published format: this hash was computed
+    /// independently (Python: `sha256(prev + json.dumps(body, sort_keys=True,
+    /// separators=(",", ":")))`). If it changes, old chains stop verifying.
+    #[test]
+    fn the_hash_of_a_fixed_record_never_changes() {
+        let e = Event::new(
+            "alice",
+            "approve",
+            "a1",
+            json!({"b": 1, "a": [1, "x"], "nested": {"z": true, "y": null}}),
+        );
+        assert_eq!(
+            hash(1, "2026-11-22T00:00:00Z", &e, GENESIS),
+            "4bc073d474a86c31b9d6ec524d31acf2773ab1498ac35052ec4d5e4272e63c34"
+        );
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let mut out = String::new();
+        canonical(
+            &json!({"b": {"d": 1, "c": [{"f": 2, "e": "\u{e9}\n"}]}, "a": null}),
+            &mut out,
+        );
+        assert_eq!(out, r#"{"a":null,"b":{"c":[{"e":"é\n","f":2}],"d":1}}"#);
+    }
 
     fn chain(n: i64) -> Vec<Record> {
         keyed_chain(n, None)

@@ -263,7 +263,7 @@ pub fn cancel(a: &Approval, why: &str, now: i64) -> Option<Transition> {
 }
 
 /// Whether `actor` may vote on or modify `a` now: an independent human
-/// (see [`check_independent`]) holding a role the current level requires.
+/// (see `check_independent`) holding a role the current level requires.
 pub fn check_voter(
     directory: &Directory,
     a: &Approval,
@@ -323,4 +323,198 @@ fn quorum_met(directory: &Directory, a: &Approval) -> bool {
         .filter_map(|v| directory.get(&v.principal).map(|p| p.roles.clone()))
         .collect();
     quorum::met(a.requirements(), &approvers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PrincipalConfig;
+    use crate::policy::decision::{ApprovalSpec, Escalation, Requirement};
+    use crate::policy::{Action, Decision, Risk};
+
+    fn directory() -> Directory {
+        let p = |id: &str, roles: &[&str], owners: &[&str]| PrincipalConfig {
+            id: id.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            owners: owners.iter().map(|o| o.to_string()).collect(),
+            token_sha256: None,
+            cert_names: vec![],
+        };
+        Directory::new(&[
+            p("bot", &["agent"], &["carol"]),
+            p("alice", &["lead"], &[]),
+            p("carol", &["lead"], &[]),
+            p("erin", &["lead", "director"], &[]),
+            p("dave", &["director"], &[]),
+            p("olga", &["oncall"], &[]),
+        ])
+    }
+
+    fn req(role: &str) -> Vec<Requirement> {
+        vec![Requirement {
+            role: role.into(),
+            count: 1,
+        }]
+    }
+
+    fn approval(spec: ApprovalSpec) -> Approval {
+        Approval {
+            id: "a1".into(),
+            state: State::Pending,
+            agent: "bot".into(),
+            route: "r".into(),
+            tool: "t".into(),
+            method: "POST".into(),
+            path: "/t".into(),
+            target: "/t".into(),
+            headers: vec![],
+            body: b"{}".to_vec(),
+            body_sha256: "sha".into(),
+            original_body: None,
+            decision: Decision {
+                action: Action::Gate,
+                risk: Risk::High,
+                reasons: vec![],
+                code: "big".into(),
+                approval: Some(spec),
+                value: None,
+                consequences: None,
+            },
+            reason: None,
+            idempotency_key: None,
+            peer: "127.0.0.1:1".into(),
+            tls: false,
+            created_at: 0,
+            deadline: 60_000,
+            level: 0,
+            votes: vec![],
+            outcome: None,
+            decided_at: None,
+            result: None,
+            version: 1,
+            class: String::new(),
+            class_shape: String::new(),
+        }
+    }
+
+    fn spec(require: Vec<Requirement>) -> ApprovalSpec {
+        ApprovalSpec {
+            require,
+            timeout_s: 60,
+            on_timeout: OnTimeout::Deny,
+            escalate: vec![],
+            mode: Mode::Explicit,
+        }
+    }
+
+    fn act(dir: &Directory, a: &Approval, who: &str, what: Act) -> Result<Transition, GateError> {
+        let rules = Rules {
+            directory: dir,
+            break_glass_roles: &["oncall".to_string()],
+        };
+        let actor = dir.get(who).unwrap().as_ref().clone();
+        apply(a, &actor, &what, &rules, None, 1_000)
+    }
+
+    fn approve() -> Act {
+        Act::Approve { comment: None }
+    }
+
+    #[test]
+    fn one_person_counts_once_and_quorum_closes_the_approval() {
+        let dir = directory();
+        let mut both = req("lead");
+        both.extend(req("director"));
+        let a = approval(spec(both));
+        let t = act(&dir, &a, "erin", approve()).unwrap();
+        assert_eq!((t.next.state, t.outcome), (State::Pending, "vote"));
+        assert_eq!(t.next.version, 2);
+        assert!(matches!(
+            act(&dir, &t.next, "erin", approve()),
+            Err(GateError::AlreadyVoted(_))
+        ));
+        let done = act(&dir, &t.next, "dave", approve()).unwrap();
+        assert_eq!(
+            (done.next.state, done.outcome),
+            (State::Approved, "approved")
+        );
+        assert_eq!(done.next.decided_at, Some(1_000));
+        assert_eq!(done.next.version, 3, "one change, one version");
+        assert_eq!(done.event.details["quorum_met"], true);
+    }
+
+    #[test]
+    fn agents_owners_and_the_wrong_roles_are_refused() {
+        let dir = directory();
+        let a = approval(spec(req("lead")));
+        for who in ["bot", "carol", "dave"] {
+            assert!(
+                matches!(act(&dir, &a, who, approve()), Err(GateError::Forbidden(_))),
+                "{who}"
+            );
+        }
+        let owner_override = Act::Override {
+            reason: "urgent".into(),
+        };
+        assert!(matches!(
+            act(&dir, &a, "alice", owner_override.clone()),
+            Err(GateError::Forbidden(_))
+        ));
+        let t = act(&dir, &a, "olga", owner_override).unwrap();
+        assert_eq!((t.next.state, t.outcome), (State::Approved, "overridden"));
+    }
+
+    #[test]
+    fn a_reject_closes_with_its_reason_and_nothing_moves_a_closed_one() {
+        let dir = directory();
+        let a = approval(spec(req("lead")));
+        let reject = Act::Reject {
+            reason: "wrong customer".into(),
+            code: Some("wrong_target".into()),
+        };
+        let t = act(&dir, &a, "alice", reject).unwrap();
+        assert_eq!(t.next.state, State::Rejected);
+        assert_eq!(t.next.outcome.as_deref(), Some("wrong customer"));
+        assert_eq!(t.next.decision.code, "wrong_target");
+        assert!(matches!(
+            act(&dir, &t.next, "erin", approve()),
+            Err(GateError::Closed("rejected"))
+        ));
+        let modify = Act::Modify {
+            body: serde_json::json!({}),
+            comment: None,
+        };
+        assert!(matches!(
+            act(&dir, &a, "alice", modify),
+            Err(GateError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn deadlines_follow_the_spec() {
+        let mut s = spec(req("lead"));
+        let a = approval(s.clone());
+        assert!(on_deadline(&a, 59_999).is_none(), "not due yet");
+        let t = on_deadline(&a, 60_000).unwrap();
+        assert_eq!((t.next.state, t.outcome), (State::Expired, "expired"));
+
+        s.on_timeout = OnTimeout::Escalate;
+        s.escalate = vec![Escalation {
+            require: req("director"),
+            timeout_s: 3600,
+        }];
+        let t = on_deadline(&approval(s.clone()), 60_000).unwrap();
+        assert_eq!((t.next.level, t.next.deadline), (1, 60_000 + 3_600_000));
+        assert_eq!(t.next.requirements()[0].role, "director");
+        let t = on_deadline(&t.next, t.next.deadline).unwrap();
+        assert_eq!(t.next.state, State::Expired, "no level left");
+
+        s.on_timeout = OnTimeout::Allow;
+        let t = on_deadline(&approval(s.clone()), 60_000).unwrap();
+        assert_eq!(t.next.state, State::Approved);
+
+        s.mode = Mode::Veto;
+        let t = on_deadline(&approval(s), 60_000).unwrap();
+        assert_eq!(t.event.event, "veto_window_passed");
+    }
 }

@@ -1,0 +1,63 @@
+//! The schema, as versioned migrations: entry `i` moves it from version `i`
+//! to `i + 1`. Applied in order at start; never edited once released.
+
+/// Schema changes, in order; entry `i` moves the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE action_history (
+        fingerprint   TEXT PRIMARY KEY,
+        agent         TEXT NOT NULL,
+        tool          TEXT NOT NULL,
+        shape         TEXT NOT NULL,
+        seen          INTEGER NOT NULL,
+        first_seen    INTEGER,
+        last_seen     INTEGER,
+        approved      INTEGER NOT NULL,
+        rejected      INTEGER NOT NULL,
+        last_decision TEXT
+    );",
+    "CREATE TABLE approvals (
+        id              TEXT PRIMARY KEY,
+        state           TEXT NOT NULL,
+        agent           TEXT NOT NULL,
+        idempotency_key TEXT,
+        deadline        INTEGER NOT NULL,
+        created_at      INTEGER NOT NULL,
+        version         INTEGER NOT NULL,
+        data            TEXT NOT NULL,
+        body            BLOB NOT NULL,
+        original_body   BLOB,
+        result_body     BLOB
+    );
+    CREATE UNIQUE INDEX approvals_idempotency ON approvals(agent, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX approvals_state_deadline ON approvals(state, deadline);
+    CREATE TABLE audit (
+        seq       INTEGER PRIMARY KEY,
+        ts        TEXT NOT NULL,
+        actor     TEXT NOT NULL,
+        event     TEXT NOT NULL,
+        subject   TEXT NOT NULL,
+        details   TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    );",
+    "ALTER TABLE action_history ADD COLUMN decision_ms_total INTEGER NOT NULL DEFAULT 0;",
+    "CREATE INDEX approvals_agent_state ON approvals(agent, state);
+     CREATE INDEX approvals_created ON approvals(created_at, id);",
+    "ALTER TABLE audit ADD COLUMN mac TEXT;
+     CREATE INDEX audit_subject ON audit(subject);
+     CREATE TABLE audit_head (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        seq  INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        mac  TEXT
+     );
+     INSERT INTO audit_head (id, seq, hash)
+        SELECT 1, seq, hash FROM audit ORDER BY seq DESC LIMIT 1;",
+    "CREATE TABLE sessions (
+        id_sha256 TEXT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        csrf      TEXT NOT NULL,
+        last_used INTEGER NOT NULL
+     );",
+];
