@@ -90,10 +90,54 @@ impl Sources {
                 s.data.push((f, v));
             }
         }
+        s.include(dir, with_tests)?;
         if s.modules.is_empty() {
             return Err(anyhow!("{}: no .rego files found", dir.display()));
         }
         Ok(s)
+    }
+
+    /// `include.toml` in a policy directory names other directories whose
+    /// Rego modules (not their data, not their case tables) load with this
+    /// one's: a pack builds on the shipped rules and supplies its own data.
+    ///
+    /// ```toml
+    /// rego = ["../../../policies"]   # relative to this directory
+    /// ```
+    fn include(&mut self, dir: &Path, with_tests: bool) -> anyhow::Result<()> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Include {
+            rego: Vec<String>,
+        }
+        let path = dir.join("include.toml");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let include: Include = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map_or(1, |r| text[..r.start].matches('\n').count() + 1);
+            anyhow!("{}:{line}: {}", path.display(), e.message())
+        })?;
+        for (i, rel) in include.rego.iter().enumerate() {
+            let other = dir.join(rel);
+            let mut files = Vec::new();
+            walk(&other, &mut files).with_context(|| {
+                format!("{}: rego[{i}]: reading {}", path.display(), other.display())
+            })?;
+            files.sort();
+            for f in files {
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if !name.ends_with(".rego") || (name.ends_with("_test.rego") && !with_tests) {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?;
+                self.modules.push((f, text));
+            }
+        }
+        Ok(())
     }
 
     /// SHA-256 over every file name and content: identifies the policy set.

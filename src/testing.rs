@@ -327,8 +327,13 @@ impl TestLatch {
         let dir = t.dir.path().join("policies");
         std::fs::remove_file(dir.join("test.rego")).unwrap();
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-        for f in ["latch.rego", "data.json"] {
+        std::fs::create_dir(dir.join("rules")).unwrap();
+        for f in ["latch.rego", "lib.rego", "data.json"] {
             std::fs::copy(shipped.join(f), dir.join(f)).unwrap();
+        }
+        for e in std::fs::read_dir(shipped.join("rules")).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.join("rules").join(p.file_name().unwrap())).unwrap();
         }
         t.boot().await;
         t

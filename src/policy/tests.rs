@@ -178,3 +178,119 @@ fn an_answer_past_the_time_limit_is_a_deny_whatever_it_says() {
     assert_eq!(late.decision.code, "policy_error");
     assert!(late.error.unwrap().contains("past the 50 ms limit"));
 }
+
+/// A security team extends the shipped policy by adding a package under
+/// `latch.rules`: its findings count on the VM and the interpreter alike,
+/// and the most serious finding names the code.
+#[test]
+fn a_new_rules_package_contributes_findings() {
+    let mut sources = Sources::read_dir(&shipped(), false).unwrap();
+    sources.modules.push((
+        PathBuf::from("rules/dlp.rego"),
+        r#"package latch.rules.dlp
+import rego.v1
+deny contains f if {
+    contains(lower(object.get(input.action.args, "subject", "")), "password")
+    f := data.latch.lib.finding("secret_in_mail", "critical", "mail must not carry passwords")
+}
+gate contains f if {
+    input.action.args.attachment
+    f := data.latch.lib.finding("attachment", "low", "attachments are reviewed")
+}
+"#
+        .into(),
+    ));
+    for (_, data) in &mut sources.data {
+        if let Some(list) = data["latch_settings"]["concerns"].as_array_mut() {
+            list.push(json!("dlp"));
+        }
+    }
+    let set =
+        PolicySet::compile(&sources, "data.latch.decision", Duration::from_millis(200)).unwrap();
+    assert_eq!(set.evaluator(), Evaluator::Vm);
+    let call = |args: serde_json::Value| {
+        json!({"request": {"method": "POST", "path": "/x", "query": {}, "headers": {}, "body": null},
+               "route": {"name": "x", "tool": "send_email"}, "agent": {"id": "bot", "roles": ["agent"]},
+               "action": {"tool": "send_email", "args": args}, "history": {"seen": 3}})
+    };
+    for input in [
+        call(json!({"to": "a@b.test", "subject": "your PASSWORD"})),
+        call(json!({"to": "a@b.test", "attachment": true})),
+    ] {
+        let vm = eval(&set, input.clone());
+        let reference = set.evaluate_interpreted(Value::from(input));
+        assert_eq!(vm.decision, reference.decision);
+    }
+    let denied = eval(
+        &set,
+        call(json!({"subject": "password", "attachment": true})),
+    );
+    assert_eq!(
+        (denied.decision.action, denied.decision.code.as_str()),
+        (Action::Deny, "secret_in_mail")
+    );
+    // Irreversible (medium) and attachment (low): the code is the riskier one's.
+    let gated = eval(&set, call(json!({"to": "a@b.test", "attachment": true})));
+    assert_eq!(
+        (gated.decision.action, gated.decision.code.as_str()),
+        (Action::Gate, "irreversible")
+    );
+    assert_eq!(gated.decision.reasons.len(), 2);
+    // Without `quiet`, dlp is consulted even on the hot path.
+    let familiar_search = json!({"request": {"method": "GET", "path": "/x", "query": {}, "headers": {}, "body": null},
+        "route": {"name": "x", "tool": "search"}, "agent": {"id": "bot", "roles": ["agent"]},
+        "action": {"tool": "search", "args": {"subject": "password"}}, "history": {"seen": 3}});
+    assert_eq!(eval(&set, familiar_search).decision.code, "secret_in_mail");
+}
+
+#[test]
+fn the_shipped_rego_tests_pass_and_catch_an_unlisted_concern() {
+    let mut sources = Sources::read_dir(&shipped(), true).unwrap();
+    let failures = |s: &Sources| -> Vec<String> {
+        cases::run_rego_tests(s)
+            .into_iter()
+            .filter_map(|r| r.failure.map(|f| format!("{}: {f}", r.name)))
+            .collect()
+    };
+    assert!(failures(&sources).is_empty(), "{:?}", failures(&sources));
+    sources.modules.push((
+        PathBuf::from("rules/forgotten.rego"),
+        "package latch.rules.forgotten\nimport rego.v1\ndeny contains \"x\" if input.never\n"
+            .into(),
+    ));
+    let found = failures(&sources);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("test_every_rules_package_is_a_concern")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn include_toml_loads_rego_but_not_data_or_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    let pack = dir.path().join("pack");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::create_dir_all(&pack).unwrap();
+    std::fs::write(shared.join("lib.rego"), "package shared\nx := 1\n").unwrap();
+    std::fs::write(shared.join("data.json"), "{\"not\": \"mine\"}").unwrap();
+    std::fs::write(shared.join("x.cases.json"), "{}").unwrap();
+    std::fs::write(
+        pack.join("p.rego"),
+        "package latch\ndecision := {\"action\": \"allow\"}\n",
+    )
+    .unwrap();
+    std::fs::write(pack.join("include.toml"), "rego = [\"../shared\"]\n").unwrap();
+    let s = Sources::read_dir(&pack, false).unwrap();
+    assert_eq!(s.modules.len(), 2);
+    assert!(s.data.is_empty() && s.cases.is_empty());
+
+    std::fs::write(pack.join("include.toml"), "rego = [\"../missing\"]\n").unwrap();
+    let err = format!("{:#}", Sources::read_dir(&pack, false).unwrap_err());
+    assert!(err.contains("include.toml: rego[0]"), "{err}");
+    std::fs::write(pack.join("include.toml"), "\nrego = \"../shared\"\n").unwrap();
+    let err = format!("{:#}", Sources::read_dir(&pack, false).unwrap_err());
+    assert!(err.contains("include.toml:2:"), "{err}");
+}

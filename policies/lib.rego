@@ -1,0 +1,35 @@
+# Helpers every rule package uses. A rule package (`latch.rules.<concern>`)
+# contributes findings; `latch.rego` turns all findings into the decision.
+#
+# A finding is {"code", "risk", "reason"}: `deny` findings refuse the call,
+# `gate` findings hold it for the approvers of the highest risk, `notes` are
+# informational reasons on an allow.
+package latch.lib
+
+import rego.v1
+
+# The catalog entry of the tool being called (undefined for unknown tools).
+tool := data.latch_settings.tools[input.action.tool]
+
+# An action class humans approved again and again without objection,
+# proposed by `latch insights --write` and committed (after review) as
+# data/learned.json.
+learned := data.latch_learned.auto_approve[input.action.class]
+
+risk_rank := {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+risk_names := ["low", "medium", "high", "critical"]
+
+finding(code, risk, reason) := {"code": code, "risk": risk, "reason": reason}
+
+# The highest risk among `findings`.
+max_risk(findings) := risk_names[max({risk_rank[f.risk] | some f in findings})]
+
+# The code of the highest-risk finding: agents replan on `code`, so it names
+# the most serious problem (ties are broken alphabetically, so it is stable).
+top_code(findings) := sort({f.code |
+	some f in findings
+	f.risk == max_risk(findings)
+})[0]
+
+reasons(findings) := sort({f.reason | some f in findings})
