@@ -40,6 +40,8 @@ loud if {
 	not data.latch.rules[c].quiet
 }
 
+gate_risk := data.latch.lib.max_risk(gate_findings)
+
 default value := null
 
 value := data.latch.rules.value.info
@@ -62,10 +64,10 @@ decision := {
 	count(deny_findings) > 0
 } else := {
 	"action": "gate",
-	"risk": data.latch.lib.max_risk(gate_findings),
+	"risk": gate_risk,
 	"code": data.latch.lib.top_code(gate_findings),
 	"reasons": data.latch.lib.reasons(gate_findings),
-	"approval": data.latch_settings.approvals[data.latch.lib.max_risk(gate_findings)],
+	"approval": data.latch_settings.approvals[gate_risk],
 	"value": value,
 } if {
 	count(gate_findings) > 0

@@ -27,9 +27,9 @@ max_risk(findings) := risk_names[max({risk_rank[f.risk] | some f in findings})]
 
 # The code of the highest-risk finding: agents replan on `code`, so it names
 # the most serious problem (ties are broken alphabetically, so it is stable).
-top_code(findings) := sort({f.code |
-	some f in findings
-	f.risk == max_risk(findings)
-})[0]
+top_code(findings) := code if {
+	top := max_risk(findings)
+	code := sort({f.code | some f in findings; f.risk == top})[0]
+}
 
 reasons(findings) := sort({f.reason | some f in findings})
