@@ -209,3 +209,58 @@ async fn in_process_allow_and_deny_reach_the_upstream_as_judged() {
         "{forwarded}"
     );
 }
+
+/// A stored client address that does not parse is refused at execution
+/// (logged, the approval fails), never replaced by a made-up address.
+#[tokio::test]
+async fn an_unparseable_stored_peer_is_refused_not_invented() {
+    let upstream = Upstream::start().await;
+    let latch = InProcess::new(
+        &config_text(&upstream.url(), ""),
+        TEST_POLICY,
+        Clock::system(),
+    );
+    let req = http::Request::post("http://latch/tools/echo/pay")
+        .header("authorization", format!("Bearer {AGENT_TOKEN}"))
+        .header("content-type", "application/json")
+        .header("prefer", "respond-async")
+        .body(Full::new(Bytes::from(r#"{"gate": true}"#)))
+        .unwrap();
+    let proposed = latch.proxy(req).await;
+    assert_eq!(proposed.status, 202, "{:?}", proposed.body);
+    let id = proposed.json()["approval_id"].as_str().unwrap().to_string();
+
+    // Someone with database access garbles the stored address.
+    let store = latch.handles.admin.store.clone();
+    let mut a = store.approval(&id).unwrap().unwrap();
+    let version = a.version;
+    a.version += 1;
+    a.peer = "not-an-address".into();
+    assert!(store.update_approval(&a, version, &[]).unwrap());
+
+    for token in ["alice-token", "dave-token"] {
+        let r = latch
+            .admin(
+                "POST",
+                &format!("/api/v1/approvals/{id}/approve"),
+                token,
+                "{}",
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        last = state_of(&latch, &id).await;
+        if last["state"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last["state"], "failed", "{last}");
+    assert!(
+        last["outcome"].as_str().unwrap().contains("not-an-address"),
+        "{last}"
+    );
+    assert!(upstream.requests().is_empty(), "nothing was sent");
+}
