@@ -33,6 +33,19 @@ async fn pending_id(latch: &InProcess) -> String {
     panic!("nothing became pending");
 }
 
+/// A gated call with `Prefer: respond-async`; returns the approval id.
+async fn propose_async(latch: &InProcess, body: &'static str) -> String {
+    let req = http::Request::post("http://latch/tools/echo/pay")
+        .header("authorization", format!("Bearer {AGENT_TOKEN}"))
+        .header("content-type", "application/json")
+        .header("prefer", "respond-async")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let proposed = latch.proxy(req).await;
+    assert_eq!(proposed.status, 202, "{:?}", proposed.body);
+    proposed.json()["approval_id"].as_str().unwrap().to_string()
+}
+
 async fn state_of(latch: &InProcess, id: &str) -> serde_json::Value {
     latch
         .admin("GET", &format!("/api/v1/approvals/{id}"), "alice-token", "")
@@ -127,15 +140,7 @@ async fn deadlines_escalate_then_expire_on_paused_time() {
     );
     let body = r#"{"gate": true, "approval": {"require": [{"role": "lead", "count": 1}], "timeout_s": 60,
         "on_timeout": "escalate", "escalate": [{"require": [{"role": "director", "count": 1}], "timeout_s": 3600}]}}"#;
-    let req = http::Request::post("http://latch/tools/echo/pay")
-        .header("authorization", format!("Bearer {AGENT_TOKEN}"))
-        .header("content-type", "application/json")
-        .header("prefer", "respond-async")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let proposed = latch.proxy(req).await;
-    assert_eq!(proposed.status, 202, "{:?}", proposed.body);
-    let id = proposed.json()["approval_id"].as_str().unwrap().to_string();
+    let id = propose_async(&latch, body).await;
 
     tokio::time::pause();
     let gate = latch.handles.gate.clone();
@@ -220,15 +225,7 @@ async fn an_unparseable_stored_peer_is_refused_not_invented() {
         TEST_POLICY,
         Clock::system(),
     );
-    let req = http::Request::post("http://latch/tools/echo/pay")
-        .header("authorization", format!("Bearer {AGENT_TOKEN}"))
-        .header("content-type", "application/json")
-        .header("prefer", "respond-async")
-        .body(Full::new(Bytes::from(r#"{"gate": true}"#)))
-        .unwrap();
-    let proposed = latch.proxy(req).await;
-    assert_eq!(proposed.status, 202, "{:?}", proposed.body);
-    let id = proposed.json()["approval_id"].as_str().unwrap().to_string();
+    let id = propose_async(&latch, r#"{"gate": true}"#).await;
 
     // Someone with database access garbles the stored address.
     let store = latch.handles.admin.store.clone();
