@@ -16,6 +16,11 @@ fn held_config(upstream: &Upstream) -> String {
     config_text(&upstream.url(), "").replace("hold_s = 5", "hold_s = 1")
 }
 
+/// The test config and policy in front of `upstream`.
+fn plain(upstream: &Upstream, clock: Clock) -> InProcess {
+    InProcess::new(&config_text(&upstream.url(), ""), TEST_POLICY, clock)
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -133,11 +138,7 @@ async fn held_calls_leave_no_waiter_behind() {
 #[tokio::test]
 async fn deadlines_escalate_then_expire_on_paused_time() {
     let upstream = Upstream::start().await;
-    let latch = InProcess::new(
-        &config_text(&upstream.url(), ""),
-        TEST_POLICY,
-        Clock::tokio(now_ms()),
-    );
+    let latch = plain(&upstream, Clock::tokio(now_ms()));
     let body = r#"{"gate": true, "approval": {"require": [{"role": "lead", "count": 1}], "timeout_s": 60,
         "on_timeout": "escalate", "escalate": [{"require": [{"role": "director", "count": 1}], "timeout_s": 3600}]}}"#;
     let id = propose_async(&latch, body).await;
@@ -189,11 +190,7 @@ async fn deadlines_escalate_then_expire_on_paused_time() {
 #[tokio::test]
 async fn in_process_allow_and_deny_reach_the_upstream_as_judged() {
     let upstream = Upstream::start().await;
-    let latch = InProcess::new(
-        &config_text(&upstream.url(), ""),
-        TEST_POLICY,
-        Clock::system(),
-    );
+    let latch = plain(&upstream, Clock::system());
     let allowed = latch
         .call("POST", "/tools/echo/send?x=1", r#"{"to": "a"}"#)
         .await;
@@ -220,11 +217,7 @@ async fn in_process_allow_and_deny_reach_the_upstream_as_judged() {
 #[tokio::test]
 async fn an_unparseable_stored_peer_is_refused_not_invented() {
     let upstream = Upstream::start().await;
-    let latch = InProcess::new(
-        &config_text(&upstream.url(), ""),
-        TEST_POLICY,
-        Clock::system(),
-    );
+    let latch = plain(&upstream, Clock::system());
     let id = propose_async(&latch, r#"{"gate": true}"#).await;
 
     // Someone with database access garbles the stored address.
