@@ -338,23 +338,9 @@ impl Gate {
     }
 
     /// Apply deadlines every `period` until `stop`.
-    pub async fn run_deadlines(
-        self,
-        period: Duration,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
-                        return;
-                    }
-                    continue;
-                }
-            }
+    pub async fn run_deadlines(self, period: Duration, stop: tokio::sync::watch::Receiver<bool>) {
+        let mut ticker = crate::ticker::Ticker::new(period, stop);
+        while ticker.next().await {
             self.expire_due().await;
         }
     }

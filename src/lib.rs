@@ -33,7 +33,7 @@
 //!               → config
 //!                 → gate::model, audit::chain          record types
 //!                   → digest, http_util, throttle,      leaves: import nothing of ours
-//!                     policy::decision, history::stats
+//!                     ticker, policy::decision, history::stats
 //! ```
 //!
 //! - [`config`]: `latch.toml` → validated [`config::Config`] (errors name key and line).
@@ -50,7 +50,7 @@
 //! - [`audit`]: the hash chain ([`audit::chain`]) and the decision writer.
 //! - [`history`]: action classes and their counts (novelty).
 //! - [`store`]: the storage trait and its SQLite implementation.
-//! - [`identity`], [`throttle`], [`tls`], [`telemetry`], [`digest`], [`http_util`].
+//! - [`identity`], [`throttle`], [`tls`], [`telemetry`], [`digest`], [`http_util`], [`ticker`].
 //! - [`demo`]: a built-in tool upstream for the README demo.
 //! - [`cli`] and [`client`]: the `latch` commands.
 //! - `testing` (feature `test-util`): the harness tests and benches share.
@@ -76,5 +76,6 @@ pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod throttle;
+pub mod ticker;
 pub mod tls;
 pub mod upstream;

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -19,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::http_util::{Body, BodyError};
+use crate::http_util::{boxed_request, Body};
 use crate::identity::{Directory, Principal};
 
 /// What a handler knows about the connection.
@@ -140,11 +138,6 @@ pub async fn serve<H, F>(
     }
 }
 
-/// The agent's body behind the one body type every handler takes.
-fn box_incoming(req: Request<Incoming>) -> Request<Body> {
-    req.map(|b| b.map_err(BodyError::from).boxed())
-}
-
 async fn serve_conn<S, H, F>(
     stream: S,
     info: Arc<ConnInfo>,
@@ -157,7 +150,7 @@ async fn serve_conn<S, H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let service = service_fn(move |req| {
-        let fut = handler(box_incoming(req), info.clone());
+        let fut = handler(boxed_request(req), info.clone());
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()

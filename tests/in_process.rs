@@ -51,6 +51,15 @@ async fn propose_async(latch: &InProcess, body: &'static str) -> String {
     proposed.json()["approval_id"].as_str().unwrap().to_string()
 }
 
+/// The test policy's default quorum: a lead and a director.
+async fn approve_as_lead_and_director(latch: &InProcess, id: &str) {
+    for token in ["alice-token", "dave-token"] {
+        let path = format!("/api/v1/approvals/{id}/approve");
+        let r = latch.admin("POST", &path, token, "{}").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+}
+
 async fn state_of(latch: &InProcess, id: &str) -> serde_json::Value {
     latch
         .admin("GET", &format!("/api/v1/approvals/{id}"), "alice-token", "")
@@ -112,17 +121,7 @@ async fn held_calls_leave_no_waiter_behind() {
             .await
     });
     let id = pending_id(&latch).await;
-    for token in ["alice-token", "dave-token"] {
-        let r = latch
-            .admin(
-                "POST",
-                &format!("/api/v1/approvals/{id}/approve"),
-                token,
-                "{}",
-            )
-            .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-    }
+    approve_as_lead_and_director(&latch, &id).await;
     let answer = task.await.unwrap();
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.header("latch-decision"), "approved");
@@ -228,17 +227,7 @@ async fn an_unparseable_stored_peer_is_refused_not_invented() {
     a.peer = "not-an-address".into();
     assert!(store.update_approval(&a, version, &[]).unwrap());
 
-    for token in ["alice-token", "dave-token"] {
-        let r = latch
-            .admin(
-                "POST",
-                &format!("/api/v1/approvals/{id}/approve"),
-                token,
-                "{}",
-            )
-            .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-    }
+    approve_as_lead_and_director(&latch, &id).await;
     let mut last = serde_json::Value::Null;
     for _ in 0..100 {
         last = state_of(&latch, &id).await;

@@ -37,6 +37,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("digest", 10),
     ("http_util", 10),
     ("throttle", 10),
+    ("ticker", 10),
 ];
 
 /// The layer node `path` (`gate::model::State`) belongs to.

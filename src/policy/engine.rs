@@ -176,7 +176,7 @@ impl Engine {
 
     /// Reload when files in the policy directory change (polled once a
     /// second; a change is acted on once the tree is stable for one poll).
-    pub async fn watch(self, mut stop: watch::Receiver<bool>) {
+    pub async fn watch(self, stop: watch::Receiver<bool>) {
         let dir = self.0.config.dir.clone();
         let stamp = |d: PathBuf| async move {
             tokio::task::spawn_blocking(move || dir_stamp(&d))
@@ -185,17 +185,8 @@ impl Engine {
         };
         let mut applied = stamp(dir.clone()).await;
         let mut seen = applied.clone();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
-                        return;
-                    }
-                    continue;
-                }
-            }
+        let mut ticker = crate::ticker::Ticker::new(Duration::from_secs(1), stop);
+        while ticker.next().await {
             let now = stamp(dir.clone()).await;
             if now != seen {
                 seen = now; // still changing: wait for it to settle
