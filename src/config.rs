@@ -176,6 +176,8 @@ pub struct GateConfig {
     pub break_glass_roles: Vec<String>,
     /// Most approvals one agent may have pending at once.
     pub max_pending_per_agent: u64,
+    /// Longest grant, seconds (0: grants are off).
+    pub max_grant_s: u64,
 }
 
 /// Log format.

@@ -12,6 +12,7 @@
 
 pub mod clock;
 mod execute;
+pub mod grants;
 pub mod machine;
 pub mod model;
 pub mod propose;
@@ -28,9 +29,10 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 pub use clock::Clock;
-pub use machine::Act;
+pub use grants::LiveGrant;
+pub use machine::{Act, GrantAsk};
 use machine::{Rules, Transition};
-use model::{Approval, State};
+use model::{Approval, Grant, State};
 pub use propose::{Held, Proposal};
 
 use crate::audit::chain::{AuditKey, Event};
@@ -50,6 +52,15 @@ pub enum GateError {
     /// No such approval.
     #[error("no such approval")]
     NotFound,
+    /// No such grant.
+    #[error("no such grant")]
+    GrantNotFound,
+    /// The grant is already revoked or expired.
+    #[error("grant is already {0}")]
+    GrantClosed(&'static str),
+    /// A grant that cannot be given (too long, not grantable, bad narrowing).
+    #[error("{0}")]
+    BadGrant(String),
     /// Already decided.
     #[error("approval is already {0}")]
     Closed(&'static str),
@@ -117,6 +128,7 @@ pub struct Gate(Arc<Shared>);
 struct Shared {
     parts: Parts,
     waiters: Waiters,
+    grants: grants::Grants,
     events: broadcast::Sender<String>,
 }
 
@@ -134,6 +146,7 @@ impl Gate {
         Gate(Arc::new(Shared {
             parts,
             waiters: Waiters::default(),
+            grants: grants::Grants::default(),
             events: broadcast::channel(1024).0,
         }))
     }
@@ -167,18 +180,21 @@ impl Gate {
             .ok_or(GateError::NotFound)
     }
 
-    /// Commit `next` with `events` if the approval is still at the version
-    /// it was read at.
+    /// Commit `next` with `events` (and the grant it creates) if the
+    /// approval is still at the version it was read at.
     async fn commit(
         &self,
         prev_version: i64,
         next: &Approval,
         events: Vec<Event>,
+        grant: Option<Grant>,
     ) -> Result<bool, GateError> {
         let store = self.parts().store.clone();
         let next = next.clone();
         let started = std::time::Instant::now();
-        let ok = blocking(move || store.update_approval(&next, prev_version, &events))
+        let ok = blocking(move || {
+            store.update_approval(&next, prev_version, &events, grant.as_ref())
+        })
             .await
             .map_err(GateError::Store)?;
         self.parts()
@@ -191,11 +207,15 @@ impl Gate {
     /// Commit `t` over `before`; on success count it and run its effects.
     async fn settle(&self, before: &Approval, t: &Transition) -> Result<bool, GateError> {
         if !self
-            .commit(before.version, &t.next, vec![t.event.clone()])
+            .commit(before.version, &t.next, t.events(), t.grant.clone())
             .await?
         {
             return Ok(false);
         }
+        if let Some(g) = &t.grant {
+            self.granted(g);
+        }
+        self.observe_reviewer(before, t);
         let outcomes = &self.parts().metrics.outcomes;
         outcomes.with_label_values(&[t.outcome]).inc();
         if t.outcome == "modified" && t.next.state == State::Approved {
@@ -207,6 +227,23 @@ impl Gate {
         }
         self.after_commit(before.state, &t.next);
         Ok(true)
+    }
+
+    /// `latch_reviewer_decision_seconds`: how long a human looked before
+    /// deciding (rubber-stamp signals).
+    fn observe_reviewer(&self, before: &Approval, t: &Transition) {
+        if !matches!(
+            t.event.event.as_str(),
+            "approve" | "reject" | "modify" | "override"
+        ) {
+            return;
+        }
+        let waited_ms = t.event.details["waited_ms"].as_i64().unwrap_or(0).max(0);
+        self.parts()
+            .metrics
+            .reviewer_decision
+            .with_label_values(&[t.event.actor.as_str(), before.risk().as_str()])
+            .observe(waited_ms as f64 / 1000.0);
     }
 
     /// Tell live dashboards that an approval changed (nobody listening is fine).
@@ -255,6 +292,7 @@ impl Gate {
         Rules {
             directory: &self.parts().directory,
             break_glass_roles: &self.parts().config.break_glass_roles,
+            max_grant_s: self.parts().config.max_grant_s,
         }
     }
 
@@ -278,7 +316,14 @@ impl Gate {
                 }
                 _ => None,
             };
-            let t = machine::apply(&a, actor, &act, &self.rules(), rejudged, self.now_ms())?;
+            let args = match &act {
+                Act::Approve {
+                    grant: Some(ask), ..
+                } if !ask.class_args.is_empty() => Some(self.approval_args(&a)?),
+                _ => None,
+            };
+            let now = self.now_ms();
+            let t = machine::apply(&a, actor, &act, &self.rules(), rejudged, args.as_ref(), now)?;
             if self.settle(&a, &t).await? {
                 return Ok(t.next);
             }
@@ -317,6 +362,7 @@ impl Gate {
 
     /// Apply deadlines that have passed.
     pub async fn expire_due(&self) {
+        self.prune_grants();
         let store = self.parts().store.clone();
         let now = self.now_ms();
         let due = match blocking(move || store.due_approvals(now)).await {
@@ -371,6 +417,9 @@ impl Gate {
     /// On start-up: interrupted executions fail (never re-sent: at most
     /// once), approved-but-unsent ones execute, pending ones count.
     pub async fn recover(&self) -> anyhow::Result<()> {
+        self.load_grants()
+            .await
+            .map_err(|e| anyhow::anyhow!("loading grants: {e}"))?;
         for state in [State::Executing, State::Approved, State::Pending] {
             let store = self.parts().store.clone();
             let list = blocking(move || store.approvals(Some(state), usize::MAX >> 1)).await?;
@@ -381,7 +430,7 @@ impl Gate {
                         let next = a.close(State::Failed, Some(why.into()), self.now_ms());
                         let event = Event::new("latch", "execute_interrupted", &a.id, json!({}));
                         if self
-                            .commit(a.version, &next, vec![event])
+                            .commit(a.version, &next, vec![event], None)
                             .await
                             .map_err(|e| anyhow::anyhow!("{e}"))?
                         {

@@ -197,7 +197,7 @@ async fn pipeline(
     };
     match (verdict.decision.action, verdict.shadowed) {
         (_, Some(would)) => {
-            recorded.record(&verdict.decision, true).await?;
+            recorded.record(&verdict.decision, true, None).await?;
             let body = read::outgoing(body)?;
             let mut resp = forward::forward(route, parts, body, conn).await?;
             resp.headers_mut()
@@ -205,16 +205,20 @@ async fn pipeline(
             Ok(Step::Answer(resp))
         }
         (Action::Deny, None) => {
-            recorded.record(&verdict.decision, false).await?;
+            recorded.record(&verdict.decision, false, None).await?;
             Ok(Step::Answer(deny::deny(&ctx.id, &verdict.decision)))
         }
         (Action::Gate, None) => held::hold(&recorded, &parts, body, verdict.decision, conn).await,
         (Action::Allow, None) => {
-            recorded.record(&verdict.decision, false).await?;
+            let grant = verdict.grant.as_ref().map(|g| &g.grant);
+            recorded.record(&verdict.decision, false, grant).await?;
             let body = read::outgoing(body)?;
-            forward::forward(route, parts, body, conn)
-                .await
-                .map(Step::Answer)
+            let mut resp = forward::forward(route, parts, body, conn).await?;
+            // The agent learns which grant let it through (and may cite it).
+            if let Some(v) = grant.and_then(|g| HeaderValue::from_str(&g.id).ok()) {
+                resp.headers_mut().insert("latch-grant", v);
+            }
+            Ok(Step::Answer(resp))
         }
     }
 }

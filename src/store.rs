@@ -5,7 +5,7 @@ pub mod migrations;
 pub mod sqlite;
 
 use crate::audit::chain::{Event, Head, Record};
-use crate::gate::model::{Approval, State};
+use crate::gate::model::{Approval, Grant, State};
 use crate::history::stats::Stats;
 
 /// One persisted action class.
@@ -156,14 +156,24 @@ pub trait Store: Send + Sync + 'static {
     /// Pending approvals whose deadline is at or before `now_ms`.
     fn due_approvals(&self, now_ms: i64) -> anyhow::Result<Vec<Approval>>;
     /// Replace an approval if its stored version is `expected_version`, with
-    /// its audit events, in one synced transaction. `Ok(false)`: someone else
-    /// changed it first.
+    /// its audit events and the grant it creates, in one synced transaction.
+    /// `Ok(false)`: someone else changed it first.
     fn update_approval(
         &self,
         a: &Approval,
         expected_version: i64,
         events: &[Event],
+        grant: Option<&Grant>,
     ) -> anyhow::Result<bool>;
+
+    /// Grants, newest first, at most `limit`; with `live_at`, only those
+    /// neither revoked nor expired at that Unix millisecond.
+    fn grants(&self, live_at: Option<i64>, limit: usize) -> anyhow::Result<Vec<Grant>>;
+    /// One grant.
+    fn grant(&self, id: &str) -> anyhow::Result<Option<Grant>>;
+    /// Store `g`'s revocation with its audit event in one synced
+    /// transaction. `Ok(false)`: it was already revoked.
+    fn revoke_grant(&self, g: &Grant, event: &Event) -> anyhow::Result<bool>;
 }
 
 /// Run a blocking store call off the async workers.

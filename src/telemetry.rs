@@ -41,6 +41,12 @@ pub struct Metrics {
     pub shadow: IntCounterVec,
     /// Policy reloads by result (`ok`, `error`).
     pub reloads: IntCounterVec,
+    /// Grants created, used (a call allowed by one) and revoked.
+    pub grant_events: IntCounterVec,
+    /// Grants that can still allow calls.
+    pub grants_active: IntGauge,
+    /// Time a reviewer took to decide, by reviewer and risk.
+    pub reviewer_decision: HistogramVec,
 }
 
 impl Metrics {
@@ -126,6 +132,27 @@ impl Metrics {
             Opts::new("latch_policy_reloads_total", "Policy reloads by result"),
             &["result"],
         )?;
+        let grant_events = IntCounterVec::new(
+            Opts::new(
+                "latch_grant_events_total",
+                "Grants created, used (calls allowed without a human) and revoked",
+            ),
+            &["event"],
+        )?;
+        let grants_active = IntGauge::new("latch_grants_active", "Grants that can still allow calls")?;
+        let reviewer_decision = HistogramVec::new(
+            HistogramOpts::new(
+                "latch_reviewer_decision_seconds",
+                "Time a reviewer took to decide, from the start of the approval level to the vote",
+            )
+            .buckets(vec![
+                1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+            ]),
+            &["principal", "risk"],
+        )?;
+        registry.register(Box::new(grant_events.clone()))?;
+        registry.register(Box::new(grants_active.clone()))?;
+        registry.register(Box::new(reviewer_decision.clone()))?;
         registry.register(Box::new(shadow.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(approvals_pending.clone()))?;
@@ -156,6 +183,9 @@ impl Metrics {
             audit_write,
             shadow,
             reloads,
+            grant_events,
+            grants_active,
+            reviewer_decision,
         })
     }
 

@@ -225,7 +225,7 @@ async fn an_unparseable_stored_peer_is_refused_not_invented() {
     let version = a.version;
     a.version += 1;
     a.peer = "not-an-address".into();
-    assert!(store.update_approval(&a, version, &[]).unwrap());
+    assert!(store.update_approval(&a, version, &[], None).unwrap());
 
     approve_as_lead_and_director(&latch, &id).await;
     let mut last = serde_json::Value::Null;

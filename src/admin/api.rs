@@ -11,7 +11,7 @@ use super::error::AdminError;
 use super::routes::ApiOp;
 use super::Admin;
 use crate::gate::model::{Approval, State};
-use crate::gate::{Act, Gate};
+use crate::gate::{Act, Gate, GateError, GrantAsk};
 use crate::history::ActionClass;
 use crate::http_util::query::{parse_query, Query};
 use crate::http_util::{json as json_response, Body};
@@ -64,7 +64,7 @@ async fn serve(
         }
         ApiOp::Approve | ApiOp::Reject | ApiOp::Modify | ApiOp::Override => {
             let body = read_json(admin, req).await?;
-            let act = parse_act(op, &body).map_err(AdminError::Invalid)?;
+            let act = parse_act(op, &body)?;
             let a = admin.gate.decide(&id, human, act).await?;
             Ok(ok(&view(&a)))
         }
@@ -222,14 +222,24 @@ fn text(body: &Value, key: &str) -> Result<Option<String>, String> {
     }
 }
 
-fn parse_act(op: ApiOp, body: &Value) -> Result<Act, String> {
+fn parse_act(op: ApiOp, body: &Value) -> Result<Act, AdminError> {
     if !body.is_object() {
-        return Err("body must be a JSON object".into());
+        return Err(AdminError::Invalid("body must be a JSON object".into()));
     }
+    if op != ApiOp::Approve && body.get("grant").is_some() {
+        let why = "a grant comes only with an approve of the call as proposed";
+        return Err(AdminError::Gate(GateError::BadGrant(why.into())));
+    }
+    if let ApiOp::Approve = op {
+        let grant = grant_ask(body).map_err(|e| AdminError::Gate(GateError::BadGrant(e)))?;
+        let comment = text(body, "comment").map_err(AdminError::Invalid)?;
+        return Ok(Act::Approve { comment, grant });
+    }
+    parse_other_act(op, body).map_err(AdminError::Invalid)
+}
+
+fn parse_other_act(op: ApiOp, body: &Value) -> Result<Act, String> {
     Ok(match op {
-        ApiOp::Approve => Act::Approve {
-            comment: text(body, "comment")?,
-        },
         ApiOp::Reject => Act::Reject {
             reason: text(body, "reason")?.ok_or("reject needs a `reason`")?,
             code: text(body, "code")?,
@@ -246,6 +256,31 @@ fn parse_act(op: ApiOp, body: &Value) -> Result<Act, String> {
         },
         other => return Err(format!("{other:?} is not a decision")),
     })
+}
+
+/// `"grant": {"ttl_s": 3600, "class_args": ["to"]}` on an approve.
+fn grant_ask(body: &Value) -> Result<Option<GrantAsk>, String> {
+    let g = match body.get("grant") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(g) => g.as_object().ok_or("`grant` must be an object")?,
+    };
+    if let Some(k) = g.keys().find(|k| !["ttl_s", "class_args"].contains(&k.as_str())) {
+        return Err(format!("unknown field `grant.{k}` (ttl_s, class_args)"));
+    }
+    let ttl_s = g
+        .get("ttl_s")
+        .and_then(Value::as_u64)
+        .ok_or("`grant.ttl_s` must be a whole number of seconds")?;
+    let class_args = match g.get("class_args") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("`grant.class_args` must be an array of argument names")?,
+        Some(_) => return Err("`grant.class_args` must be an array of argument names".into()),
+    };
+    Ok(Some(GrantAsk { ttl_s, class_args }))
 }
 
 fn body_view(bytes: &[u8]) -> Value {

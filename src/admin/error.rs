@@ -92,8 +92,11 @@ impl AdminError {
             E::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             E::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             E::Gate(g) => match g {
-                GateError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-                GateError::Closed(_) => (StatusCode::CONFLICT, "closed"),
+                GateError::NotFound | GateError::GrantNotFound => {
+                    (StatusCode::NOT_FOUND, "not_found")
+                }
+                GateError::Closed(_) | GateError::GrantClosed(_) => (StatusCode::CONFLICT, "closed"),
+                GateError::BadGrant(_) => (StatusCode::BAD_REQUEST, "bad_grant"),
                 GateError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
                 GateError::AlreadyVoted(_) => (StatusCode::CONFLICT, "already_voted"),
                 GateError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),

@@ -133,6 +133,8 @@ pub struct RawGate {
     pub break_glass_roles: Vec<String>,
     /// Most approvals one agent may have pending at once (429 beyond).
     pub max_pending_per_agent: Option<Spanned<u64>>,
+    /// Longest grant an approver may give, seconds (0 turns grants off).
+    pub max_grant_s: Option<Spanned<u64>>,
 }
 
 /// `[audit]`

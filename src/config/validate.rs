@@ -12,6 +12,9 @@ use super::raw::{self, RawConfig};
 use super::*;
 use crate::digest::sha256;
 
+/// `[gate] max_grant_s` when unset: one working day.
+const DEFAULT_MAX_GRANT_S: u64 = 8 * 3600;
+
 pub(super) struct Validator<'a> {
     pub(super) file: PathBuf,
     pub(super) text: &'a str,
@@ -75,6 +78,20 @@ impl Validator<'_> {
             Some(s) if *s.get_ref() == 0 => {
                 self.error(Some(s.span()), key, "must be greater than 0".into());
                 default
+            }
+            Some(s) => *s.get_ref(),
+        }
+    }
+
+    /// `[gate] max_grant_s`: 0 turns grants off; at most 30 days.
+    fn grant_cap(&mut self, value: Option<Spanned<u64>>) -> u64 {
+        const MAX: u64 = 30 * 86_400;
+        match value {
+            None => DEFAULT_MAX_GRANT_S,
+            Some(s) if *s.get_ref() > MAX => {
+                let msg = format!("must be at most {MAX} (30 days); 0 turns grants off");
+                self.error(Some(s.span()), "gate.max_grant_s", msg);
+                DEFAULT_MAX_GRANT_S
             }
             Some(s) => *s.get_ref(),
         }
@@ -306,6 +323,7 @@ impl Validator<'_> {
                     "gate.max_pending_per_agent",
                     100,
                 ),
+                max_grant_s: self.grant_cap(raw.gate.max_grant_s),
                 break_glass_roles: raw.gate.break_glass_roles,
             },
             log,

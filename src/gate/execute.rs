@@ -29,7 +29,7 @@ impl Gate {
         }
         let mut running = a.next_version();
         running.state = State::Executing;
-        match self.commit(a.version, &running, vec![]).await {
+        match self.commit(a.version, &running, vec![], None).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
@@ -45,24 +45,20 @@ impl Gate {
                 let event = json!({"status": result.status, "body_sha256": running.body_sha256, "bytes": result.body.len()});
                 let mut next = running.close(State::Executed, None, now);
                 next.result = Some(result);
-                Transition {
-                    next,
-                    event: Event::new("latch", "execute", id, event),
-                    outcome: "executed",
-                }
+                Transition::new(next, Event::new("latch", "execute", id, event), "executed")
             }
             Err(e) => {
                 executions.with_label_values(&["error"]).inc();
                 let event = json!({"error": e, "body_sha256": running.body_sha256});
-                Transition {
-                    next: running.close(State::Failed, Some(e), now),
-                    event: Event::new("latch", "execute_failed", id, event),
-                    outcome: "failed",
-                }
+                Transition::new(
+                    running.close(State::Failed, Some(e), now),
+                    Event::new("latch", "execute_failed", id, event),
+                    "failed",
+                )
             }
         };
         match self
-            .commit(running.version, &done.next, vec![done.event])
+            .commit(running.version, &done.next, vec![done.event], None)
             .await
         {
             Ok(_) => self.after_commit(State::Executing, &done.next),
@@ -90,16 +86,16 @@ impl Gate {
             .executions
             .with_label_values(&["unvouched"])
             .inc();
-        let t = Transition {
-            next: a.close(
+        let t = Transition::new(
+            a.close(
                 State::Failed,
                 Some(format!("not executed: {why}")),
                 self.now_ms(),
             ),
-            event: Event::new("latch", "execute_refused", &a.id, json!({"reason": why})),
-            outcome: "failed",
-        };
-        if let Ok(true) = self.commit(a.version, &t.next, vec![t.event.clone()]).await {
+            Event::new("latch", "execute_refused", &a.id, json!({"reason": why})),
+            "failed",
+        );
+        if let Ok(true) = self.commit(a.version, &t.next, vec![t.event.clone()], None).await {
             self.after_commit(State::Approved, &t.next);
         }
     }

@@ -91,6 +91,85 @@ pub struct Vote {
     pub comment: Option<String>,
     /// Unix milliseconds.
     pub at: i64,
+    /// The same for this agent's calls of this class, for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantTerms>,
+}
+
+/// What a reviewer grants with an approval: calls of the same class from the
+/// same agent, for `ttl_s`, with the named arguments fixed to the approved
+/// call's values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantTerms {
+    /// How long the grant lives, seconds.
+    pub ttl_s: u64,
+    /// Arguments whose values must match exactly (name → approved value).
+    #[serde(default)]
+    pub narrow: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// A time-boxed grant: while it lives, calls the policy would gate at no
+/// higher risk, of the same class from the same agent on the same route,
+/// are allowed without a human (`code: "granted"`). It never turns a deny
+/// into an allow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Identifier.
+    pub id: String,
+    /// The approval it was granted with.
+    pub approval: String,
+    /// The agent it covers.
+    pub agent: String,
+    /// Route.
+    pub route: String,
+    /// Tool.
+    pub tool: String,
+    /// Action class fingerprint (agent, tool, method, argument shape).
+    pub class: String,
+    /// The class's canonical shape.
+    pub shape: String,
+    /// Arguments whose values must match exactly.
+    #[serde(default)]
+    pub narrow: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Highest risk it covers (the approved call's).
+    pub risk: Risk,
+    /// Who granted it (every approver that made the quorum).
+    pub granted_by: Vec<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds; it allows nothing from then on.
+    pub expires_at: i64,
+    /// Set once revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Revocation>,
+}
+
+/// Who revoked a grant, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Principal id.
+    pub by: String,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// Optional reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Grant {
+    /// Whether it can allow anything at `now` (Unix milliseconds).
+    pub fn live(&self, now: i64) -> bool {
+        self.revoked.is_none() && now < self.expires_at
+    }
+
+    /// `live`, `expired` or `revoked`.
+    pub fn status(&self, now: i64) -> &'static str {
+        match (&self.revoked, now < self.expires_at) {
+            (Some(_), _) => "revoked",
+            (None, true) => "live",
+            (None, false) => "expired",
+        }
+    }
 }
 
 /// The stored upstream answer of an executed approval.
@@ -222,6 +301,19 @@ impl Approval {
                 .get(n as usize - 1)
                 .map(|e| e.require.as_slice())
                 .unwrap_or(&[]),
+        }
+    }
+
+    /// When the current level began waiting for humans (Unix milliseconds).
+    pub fn level_started(&self) -> i64 {
+        let spec = self.decision.approval.as_ref();
+        match (self.level, spec) {
+            (0, _) | (_, None) => self.created_at,
+            (n, Some(spec)) => spec
+                .escalate
+                .get(n as usize - 1)
+                .map(|e| self.deadline - (e.timeout_s as i64) * 1000)
+                .unwrap_or(self.created_at),
         }
     }
 

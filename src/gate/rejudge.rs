@@ -14,6 +14,17 @@ use crate::policy::body::{self, Format};
 use crate::policy::input::{self, RequestFacts};
 use crate::policy::{Action, Decision};
 
+impl Gate {
+    /// The route `a` was proposed on.
+    pub(super) fn route_of(&self, a: &Approval) -> Result<&crate::upstream::Route, GateError> {
+        self.parts()
+            .routes
+            .iter()
+            .find(|r| r.config.name == a.route)
+            .ok_or_else(|| GateError::Invalid(format!("route {} no longer exists", a.route)))
+    }
+}
+
 /// A modified body, judged.
 #[derive(Debug)]
 pub struct Rejudged {
@@ -32,11 +43,7 @@ impl Gate {
     /// would have judged the agent's call.
     pub(super) async fn rejudge(&self, a: &Approval, new: &Json) -> Result<Rejudged, GateError> {
         let parts = self.parts();
-        let route = parts
-            .routes
-            .iter()
-            .find(|r| r.config.name == a.route)
-            .ok_or_else(|| GateError::Invalid(format!("route {} no longer exists", a.route)))?;
+        let route = self.route_of(a)?;
         let agent = parts
             .directory
             .get(&a.agent)

@@ -114,6 +114,10 @@ pub struct ApprovalSpec {
     /// Explicit approval or veto window.
     #[serde(default = "default_mode")]
     pub mode: Mode,
+    /// Whether an approver may grant the same class for a while
+    /// (`false`: every such call needs its own approval).
+    #[serde(default = "default_grantable")]
+    pub grantable: bool,
 }
 
 fn default_timeout() -> u64 {
@@ -124,6 +128,9 @@ fn default_on_timeout() -> OnTimeout {
 }
 fn default_mode() -> Mode {
     Mode::Explicit
+}
+fn default_grantable() -> bool {
+    true
 }
 
 /// A policy decision.
@@ -197,6 +204,7 @@ impl Decision {
         if extra.mode == Mode::Explicit {
             spec.mode = Mode::Explicit;
         }
+        spec.grantable &= extra.grantable;
         d
     }
 

@@ -145,7 +145,14 @@ fn mean_decision_s(s: &Stats) -> Value {
     Value::from(s.decision_ms_total as f64 / decided as f64 / 1000.0)
 }
 
-/// The whole input document.
+/// Set `input[key]` (for facts only the proxy knows, e.g. `grants`).
+pub fn set(input: &mut Value, key: &str, value: Value) {
+    if let Ok(map) = input.as_object_mut() {
+        map.insert(Value::from(key), value);
+    }
+}
+
+/// The whole `input` document for one call.
 pub fn build(
     req: &RequestFacts<'_>,
     route: &Value,

@@ -2,9 +2,12 @@
 //! arguments (judged body or query), the action class and its history, and
 //! the whole `input` document.
 
+use std::sync::Arc;
+
 use super::error::ProxyError;
 use super::read::Read;
 use super::Proxy;
+use crate::gate::LiveGrant;
 use crate::history::ActionClass;
 use crate::http_util::query::parse_query;
 use crate::identity::Principal;
@@ -28,6 +31,8 @@ pub(super) struct Call<'r> {
     pub now: chrono::DateTime<chrono::Utc>,
     /// The policy input.
     pub input: regorus::Value,
+    /// Live grants that cover this call (`input.grants`).
+    pub grants: Vec<Arc<LiveGrant>>,
 }
 
 /// Build the call from the request head and the read body.
@@ -60,6 +65,7 @@ pub(super) fn build<'r>(
         &route.config.class_args,
     );
     let stats = p.history.get(&class);
+    let grants = p.gate.grants_for(&class, &route.config.name, &args);
     let now = chrono::Utc::now();
     let facts = RequestFacts {
         method: parts.method.as_str(),
@@ -77,13 +83,18 @@ pub(super) fn build<'r>(
             .or(read.declared),
     };
     let fingerprint = class.fingerprint();
-    let input = input::build(
+    let mut input = input::build(
         &facts,
         &route.input,
         &agent.input,
         (tool, args, &fingerprint),
         &stats,
         now,
+    );
+    input::set(
+        &mut input,
+        "grants",
+        grants.iter().map(|g| g.input()).collect::<Vec<_>>().into(),
     );
     Ok(Call {
         route,
@@ -93,5 +104,6 @@ pub(super) fn build<'r>(
         class,
         now,
         input,
+        grants,
     })
 }

@@ -160,6 +160,9 @@ impl From<GateError> for ProxyError {
             GateError::Store(_) => ProxyError::StoreUnavailable,
             GateError::NotFound => ProxyError::UnknownApproval,
             GateError::Closed(_)
+            | GateError::GrantNotFound
+            | GateError::GrantClosed(_)
+            | GateError::BadGrant(_)
             | GateError::Forbidden(_)
             | GateError::AlreadyVoted(_)
             | GateError::Invalid(_)

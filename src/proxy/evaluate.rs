@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::call::Call;
 use super::{Ctx, Proxy};
 use crate::config::Mode;
+use crate::gate::LiveGrant;
 use crate::policy::{Action, Decision, PolicySet};
 
 /// What the policy decided and what Latch will do about it.
@@ -16,6 +17,8 @@ pub(super) struct Verdict {
     pub decision: Decision,
     /// Shadow mode: what the policy would have done (the call goes through).
     pub shadowed: Option<Action>,
+    /// The grant that allows this gated call without a human.
+    pub grant: Option<Arc<LiveGrant>>,
 }
 
 /// Evaluate `call` (its input is moved to the evaluator threads).
@@ -43,6 +46,22 @@ pub(super) async fn evaluate(
             .with_label_values(&[route.name.as_str(), would.as_str()])
             .inc();
     }
+    // A live grant allows what the policy would gate at no higher risk; a
+    // deny stays a deny, and a policy may mark a gate not grantable.
+    let grant = match (shadowed, decision.action, &decision.approval) {
+        (None, Action::Gate, Some(spec)) if spec.grantable && buffered => call
+            .grants
+            .iter()
+            .find(|g| g.grant.risk >= decision.risk)
+            .cloned(),
+        _ => None,
+    };
+    if let Some(g) = &grant {
+        decision = granted(decision, &g.grant);
+        ctx.outcome = "granted";
+        ctx.policy_code = Some(decision.code.clone());
+        p.gate.grant_used(&g.grant);
+    }
     let carried_out = match shadowed {
         Some(_) => "allow",
         None => decision.action.as_str(),
@@ -66,5 +85,26 @@ pub(super) async fn evaluate(
         policy,
         decision,
         shadowed,
+        grant,
+    }
+}
+
+/// The policy's gate, allowed by grant `g`.
+fn granted(gated: Decision, g: &crate::gate::model::Grant) -> Decision {
+    let until = chrono::DateTime::from_timestamp_millis(g.expires_at)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    let mut reasons = gated.reasons;
+    reasons.push(format!(
+        "allowed without a new approval by grant {} from {} (until {until})",
+        g.id,
+        g.granted_by.join(", ")
+    ));
+    Decision {
+        action: Action::Allow,
+        code: "granted".into(),
+        reasons,
+        approval: None,
+        ..gated
     }
 }

@@ -7,6 +7,7 @@ use super::call::Call;
 use super::error::ProxyError;
 use super::Proxy;
 use crate::audit::chain::Event;
+use crate::gate::model::Grant;
 use crate::identity::Principal;
 use crate::policy::Decision;
 
@@ -26,18 +27,25 @@ pub(super) struct Recorded<'a> {
 
 impl Recorded<'_> {
     /// Commit the decision record; refuses the call if the log is down.
-    pub async fn record(&self, d: &Decision, shadow: bool) -> Result<(), ProxyError> {
+    /// `grant`: the grant that allowed a call the policy gated.
+    pub async fn record(
+        &self,
+        d: &Decision,
+        shadow: bool,
+        grant: Option<&Grant>,
+    ) -> Result<(), ProxyError> {
         let c = self.call;
-        let event = Event::new(
-            &self.agent.id,
-            "decision",
-            self.request_id,
-            json!({
-                "action": d.action, "code": d.code, "risk": d.risk, "reasons": d.reasons,
-                "route": c.route.config.name, "method": c.method.as_str(), "path": c.path,
-                "body_sha256": c.body_sha256, "policy": self.policy, "shadow": shadow,
-            }),
-        );
+        let mut details = json!({
+            "action": d.action, "code": d.code, "risk": d.risk, "reasons": d.reasons,
+            "route": c.route.config.name, "tool": c.route.config.tool, "method": c.method.as_str(),
+            "path": c.path, "body_sha256": c.body_sha256, "policy": self.policy, "shadow": shadow,
+        });
+        if let Some(g) = grant {
+            details["grant"] = json!(g.id);
+            details["class"] = json!(g.class);
+            details["granted_by"] = json!(g.granted_by);
+        }
+        let event = Event::new(&self.agent.id, "decision", self.request_id, details);
         self.proxy
             .audit
             .record(event)

@@ -60,4 +60,15 @@ pub const MIGRATIONS: &[&str] = &[
         csrf      TEXT NOT NULL,
         last_used INTEGER NOT NULL
      );",
+    "CREATE TABLE grants (
+        id         TEXT PRIMARY KEY,
+        agent      TEXT NOT NULL,
+        approval   TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        data       TEXT NOT NULL
+     );
+     CREATE INDEX grants_created ON grants(created_at, id);
+     CREATE INDEX grants_live ON grants(expires_at) WHERE revoked_at IS NULL;",
 ];

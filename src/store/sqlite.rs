@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::migrations::MIGRATIONS;
 use super::{ApprovalQuery, HistoryRow, Inserted, Store, StoredSession};
 use crate::audit::chain::{self as audit, AuditKey, Event, Head, Record};
-use crate::gate::model::{Approval, State};
+use crate::gate::model::{Approval, Grant, State};
 use crate::history::stats::Stats;
 
 /// SQLite-backed [`Store`].
@@ -519,6 +519,7 @@ impl Store for SqliteStore {
         a: &Approval,
         expected_version: i64,
         events: &[Event],
+        grant: Option<&Grant>,
     ) -> anyhow::Result<bool> {
         let mut db = self.db()?;
         let Db { conn, tail } = &mut *db;
@@ -543,6 +544,20 @@ impl Store for SqliteStore {
         if changed == 0 {
             return Ok(false);
         }
+        if let Some(g) = grant {
+            tx.execute(
+                "INSERT INTO grants (id, agent, approval, created_at, expires_at, revoked_at, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
+                params![
+                    g.id,
+                    g.agent,
+                    g.approval,
+                    g.created_at,
+                    g.expires_at,
+                    serde_json::to_string(g)?
+                ],
+            )?;
+        }
         let records = append(&tx, tail, events, self.key.as_ref())?;
         tx.commit()?;
         if let Some(last) = records.last() {
@@ -550,6 +565,56 @@ impl Store for SqliteStore {
         }
         Ok(true)
     }
+
+    fn grants(&self, live_at: Option<i64>, limit: usize) -> anyhow::Result<Vec<Grant>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT data FROM grants
+             WHERE ?1 IS NULL OR (revoked_at IS NULL AND expires_at > ?1)
+             ORDER BY created_at DESC, id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![live_at, limit.min(i64::MAX as usize) as i64],
+            row_to_grant,
+        )?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
+    fn grant(&self, id: &str) -> anyhow::Result<Option<Grant>> {
+        let conn = self.conn()?;
+        conn.query_row("SELECT data FROM grants WHERE id = ?1", params![id], row_to_grant)
+            .optional()
+            .map_err(Into::into)
+    }
+
+    fn revoke_grant(&self, g: &Grant, event: &Event) -> anyhow::Result<bool> {
+        let Some(revoked) = &g.revoked else {
+            anyhow::bail!("grant {} carries no revocation", g.id);
+        };
+        let mut db = self.db()?;
+        let Db { conn, tail } = &mut *db;
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE grants SET revoked_at = ?2, data = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+            params![g.id, revoked.at, serde_json::to_string(g)?],
+        )?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        let records = append(&tx, tail, std::slice::from_ref(event), self.key.as_ref())?;
+        tx.commit()?;
+        if let Some(last) = records.last() {
+            *tail = (last.seq, last.hash.clone());
+        }
+        Ok(true)
+    }
+}
+
+fn row_to_grant(r: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
+    let data: String = r.get(0)?;
+    serde_json::from_str(&data).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 #[cfg(test)]
