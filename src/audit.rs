@@ -64,8 +64,29 @@ impl AuditLog {
     }
 }
 
+/// A sequence number shortly before the first record at or after `since`
+/// (found by bisection, so a window at the end of a long trail does not
+/// read the whole trail). Server clocks can step back a little, so the
+/// search backs off by a margin; the caller still filters by time.
+fn start_of(store: &dyn crate::store::Store, since: &str) -> anyhow::Result<i64> {
+    const MARGIN: i64 = 1000;
+    let Some(head) = store.audit_head()? else {
+        return Ok(0);
+    };
+    // Invariant: records up to `lo` are older than `since`; none from `hi` on is.
+    let (mut lo, mut hi) = (0i64, head.seq + 1);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match store.audit_after(mid - 1, 1)?.first() {
+            Some(r) if r.ts.as_str() < since => lo = if r.seq < hi { r.seq } else { mid },
+            _ => hi = mid,
+        }
+    }
+    Ok((lo - MARGIN).max(0))
+}
+
 /// Read records after `after` (sequence number), at or after `since`, about
-/// `subject` if given; at most `limit`.
+/// `subject` if given, oldest first; at most `limit`.
 pub fn records(
     store: &dyn crate::store::Store,
     mut after: i64,
@@ -75,6 +96,9 @@ pub fn records(
 ) -> anyhow::Result<Vec<Record>> {
     // Stored times share one format, so they order as strings.
     let since = since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    if let Some(s) = &since {
+        after = after.max(start_of(store, s)?);
+    }
     let mut out = Vec::new();
     loop {
         let page = store.audit_after(after, 1000)?;

@@ -254,37 +254,151 @@ pub fn audit_export(config: &Config, since: Option<&str>) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `latch insights`: action classes approved at least `min` times in the
-/// last `days` days without a rejection or modification; with `write`,
-/// the data file that lets the shipped policy stop gating them.
-pub fn insights(config: &Config, min: u64, days: u64, write: Option<&Path>) -> anyhow::Result<()> {
+/// What `latch insights` is asked for.
+#[derive(Debug, Clone)]
+pub struct InsightsOptions {
+    /// Approvals a class (or decisions a reviewer) needs before it counts.
+    pub min: u64,
+    /// Window, days.
+    pub days: u64,
+    /// A median decision time under this many seconds is "fast".
+    pub fast_s: u64,
+    /// Write the learned-data proposal here.
+    pub write: Option<PathBuf>,
+    /// Print the report as JSON instead of tables.
+    pub json: bool,
+}
+
+/// `latch insights`: the automation rate (per tool and overall, and what
+/// adopting the learned classes would make it), reviewers and classes that
+/// look rubber-stamped, and action classes approved at least `min` times in
+/// the window without a rejection or modification; with `write`, the data
+/// file that lets the shipped policy stop gating them.
+pub fn insights(config: &Config, o: &InsightsOptions) -> anyhow::Result<()> {
     let store = crate::app::open_store(config)?;
-    let since = chrono::Utc::now() - chrono::Duration::days(days as i64);
+    let since = chrono::Utc::now() - chrono::Duration::days(o.days as i64);
     let records = crate::audit::records(&*store, 0, usize::MAX, Some(since), None)?;
-    let classes = crate::insights::tally(&records);
-    println!(
-        "{:<34} {:<14} {:<16} {:>5} {:>8} {:>8} {:>8}  shape",
-        "class", "agent", "tool", "gated", "approved", "modified", "rejected"
-    );
-    for (class, s) in &classes {
-        let mark = if s.auto_approvable(min) { "*" } else { " " };
-        println!(
-            "{mark}{class:<33} {:<14} {:<16} {:>5} {:>8} {:>8} {:>8}  {}",
-            s.agent, s.tool, s.gated, s.approved, s.modified, s.rejected, s.shape
-        );
+    let t = crate::insights::Thresholds {
+        min: o.min,
+        fast_ms: (o.fast_s as i64).saturating_mul(1000),
+    };
+    let report = crate::insights::report(&records, t, o.days);
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report, o);
     }
-    let proposed = classes.values().filter(|s| s.auto_approvable(min)).count();
-    println!("{proposed} class(es) marked * were approved at least {min} times in {days} days with no rejection or modification");
-    if let Some(path) = write {
-        let data = crate::insights::learned_data(&classes, min, days);
+    let classes = crate::insights::tally(&records);
+    if !o.json {
+        print_classes(&classes, o);
+    }
+    if let Some(path) = &o.write {
+        let data = crate::insights::learned_data(&classes, o.min, o.days);
         std::fs::write(path, serde_json::to_string_pretty(&data)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
-        println!(
+        eprintln!(
             "wrote {}: review it, then commit it as policies/data/learned.json to let the shipped policy auto-approve these classes",
             path.display()
         );
     }
     Ok(())
+}
+
+fn percent(v: &serde_json::Value) -> String {
+    v.as_f64()
+        .map(|r| format!("{:.1}%", r * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_report(report: &serde_json::Value, o: &InsightsOptions) {
+    println!("automation over {} days: decided without a human (allowed + granted) vs gated", o.days);
+    println!(
+        "{:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "tool", "allowed", "granted", "gated", "denied", "rate", "if learned"
+    );
+    let a = &report["automation"];
+    let rows = a["tools"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v))
+        .chain([("(all)", &a["overall"])]);
+    for (tool, c) in rows {
+        println!(
+            "{tool:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            c["allowed"],
+            c["granted"],
+            c["gated"],
+            c["denied"],
+            percent(&c["rate"]),
+            percent(&c["projected_rate"])
+        );
+    }
+    println!("\nreviewers (rubber-stamp signals: fast on high risk under {} s, or never rejecting, after {} decisions)", o.fast_s, o.min);
+    for r in report["reviewers"].as_array().into_iter().flatten() {
+        let signals: Vec<&str> = r["signals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str())
+            .collect();
+        let risks: Vec<String> = r["by_risk"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(risk, s)| {
+                let median = s["median_decision_s"]
+                    .as_f64()
+                    .map(|m| format!("{m:.1}s"))
+                    .unwrap_or_else(|| "-".into());
+                format!("{risk}: {}/{} approved, median {median}", s["approved"].as_u64().unwrap_or(0) + s["modified"].as_u64().unwrap_or(0),
+                    s["approved"].as_u64().unwrap_or(0) + s["modified"].as_u64().unwrap_or(0) + s["rejected"].as_u64().unwrap_or(0))
+            })
+            .collect();
+        let flag = if signals.is_empty() { " " } else { "!" };
+        println!("{flag}{:<23} {}", r["principal"].as_str().unwrap_or("-"), risks.join("; "));
+        for s in signals {
+            println!("    ! {s}");
+        }
+    }
+    let fast = report["rubber_stamped_classes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !fast.is_empty() {
+        println!("\nclasses approved every time, fast (automate them, or stop gating them):");
+        for c in fast {
+            println!(
+                "  {} {} {} approved {}× median {}s  {}",
+                c["class"].as_str().unwrap_or("-"),
+                c["agent"].as_str().unwrap_or("-"),
+                c["tool"].as_str().unwrap_or("-"),
+                c["approved"],
+                c["median_decision_s"],
+                c["shape"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    println!();
+}
+
+fn print_classes(
+    classes: &std::collections::BTreeMap<String, crate::insights::ClassStats>,
+    o: &InsightsOptions,
+) {
+    println!(
+        "{:<34} {:<14} {:<16} {:>5} {:>8} {:>8} {:>8}  shape",
+        "class", "agent", "tool", "gated", "approved", "modified", "rejected"
+    );
+    for (class, s) in classes {
+        let mark = if s.auto_approvable(o.min) { "*" } else { " " };
+        println!(
+            "{mark}{class:<33} {:<14} {:<16} {:>5} {:>8} {:>8} {:>8}  {}",
+            s.agent, s.tool, s.gated, s.approved, s.modified, s.rejected, s.shape
+        );
+    }
+    let proposed = classes.values().filter(|s| s.auto_approvable(o.min)).count();
+    println!(
+        "{proposed} class(es) marked * were approved at least {} times in {} days with no rejection or modification",
+        o.min, o.days
+    );
 }
 
 /// The config path: `--config` or `latch.toml` in the working directory.

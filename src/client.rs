@@ -26,6 +26,10 @@ pub struct Options {
     pub body: Option<std::path::PathBuf>,
     /// Print the server's JSON.
     pub json: bool,
+    /// `approve --grant-s`: also grant the same class for this long.
+    pub grant_s: Option<u64>,
+    /// `approve --grant-args`: arguments the grant is narrowed to.
+    pub grant_args: Vec<String>,
 }
 
 /// An answer from the admin API.
@@ -223,7 +227,14 @@ pub async fn approvals(verb: &str, id: Option<&str>, o: &Options) -> anyhow::Res
         }
         "approve" | "reject" | "modify" | "override" => {
             let body = match verb {
-                "approve" => json!({"comment": o.comment}),
+                "approve" => {
+                    let grant = match o.grant_s {
+                        Some(ttl_s) => json!({"ttl_s": ttl_s, "class_args": o.grant_args}),
+                        None if o.grant_args.is_empty() => Value::Null,
+                        None => return Err(anyhow!("--grant-args needs --grant-s")),
+                    };
+                    json!({"comment": o.comment, "grant": grant})
+                }
                 "reject" => {
                     json!({"reason": o.reason.clone().ok_or_else(|| anyhow!("reject needs --reason"))?, "code": o.code})
                 }
@@ -253,6 +264,68 @@ pub async fn approvals(verb: &str, id: Option<&str>, o: &Options) -> anyhow::Res
             "unknown approvals command `{other}` (list, show, approve, reject, modify, override)"
         ))
         }
+    };
+    Ok(if o.json {
+        format!("{}\n", serde_json::to_string_pretty(&value)?)
+    } else {
+        human(&value)
+    })
+}
+
+fn grant_table(v: &Value) -> String {
+    let mut out = format!(
+        "{:<46} {:<8} {:<14} {:<16} {:<8} {:<8} {}\n",
+        "ID", "STATUS", "AGENT", "TOOL", "RISK", "LEFT", "NARROWED TO / GRANTED BY"
+    );
+    for g in v["grants"].as_array().into_iter().flatten() {
+        let left = match g["status"].as_str() {
+            Some("live") => ago(g["expires_at"].as_i64().unwrap_or(0)),
+            _ => "-".into(),
+        };
+        let by: Vec<&str> = g["granted_by"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        out.push_str(&format!(
+            "{:<46} {:<8} {:<14} {:<16} {:<8} {:<8} {} / {}\n",
+            g["id"].as_str().unwrap_or("?"),
+            g["status"].as_str().unwrap_or("?"),
+            g["agent"].as_str().unwrap_or("?"),
+            g["tool"].as_str().unwrap_or("?"),
+            g["risk"].as_str().unwrap_or("?"),
+            left,
+            g["narrow"],
+            by.join(",")
+        ));
+    }
+    out
+}
+
+/// Run `latch grants <verb> [ID]`; returns what to print.
+pub async fn grants(verb: &str, id: Option<&str>, o: &Options) -> anyhow::Result<String> {
+    let (value, human): (Value, fn(&Value) -> String) = match verb {
+        "list" => {
+            let status = o.status.as_deref().unwrap_or("live");
+            let path = format!("/api/v1/grants?status={status}&limit=1000");
+            let v = ok_or_message(request(Method::GET, &path, None).await?)?;
+            (v, grant_table)
+        }
+        "revoke" => {
+            let id = id.ok_or_else(|| anyhow!("`latch grants revoke` needs a grant ID"))?;
+            let path = format!("/api/v1/grants/{id}");
+            let body = json!({"reason": o.reason});
+            let v = ok_or_message(request(Method::DELETE, &path, Some(body)).await?)?;
+            (v, |v| {
+                format!(
+                    "{} is now {}\n",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["status"].as_str().unwrap_or("?")
+                )
+            })
+        }
+        other => return Err(anyhow!("unknown grants command `{other}` (list, revoke)")),
     };
     Ok(if o.json {
         format!("{}\n", serde_json::to_string_pretty(&value)?)

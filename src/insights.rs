@@ -5,12 +5,78 @@
 //! The audit trail is the source: `gate` records name each approval's action
 //! class; `approve` (with the quorum met), `modify` and `reject` records say
 //! how humans decided, with server timestamps for the window.
+//!
+//! Against approval fatigue it also reports how much is decided without a
+//! human ([`automation`]) and which reviewers or classes look rubber-stamped
+//! ([`reviewers`]).
+
+pub mod automation;
+pub mod reviewers;
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
 use crate::audit::chain::Record;
+
+/// Thresholds for the report.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Approvals a class (or decisions a reviewer) needs before it counts.
+    pub min: u64,
+    /// A median decision time under this many milliseconds is "fast".
+    pub fast_ms: i64,
+}
+
+/// Milliseconds a reviewer took for vote record `r` on an approval gated at
+/// `gated_ts`: recorded since wave 2, else from the two timestamps.
+pub fn waited_ms(r: &Record, gated_ts: Option<&str>) -> Option<i64> {
+    if let Some(ms) = r.details["waited_ms"].as_i64() {
+        return Some(ms.max(0));
+    }
+    let at = |ts: &str| chrono::DateTime::parse_from_rfc3339(ts).ok();
+    let (from, to) = (at(gated_ts?)?, at(&r.ts)?);
+    Some((to - from).num_milliseconds().max(0))
+}
+
+/// The median of `v` (sorts it); `None` when empty.
+pub fn median(v: &mut [i64]) -> Option<i64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    })
+}
+
+/// The whole report as JSON (the API, the dashboard and `--json`).
+pub fn report(records: &[Record], t: Thresholds, days: u64) -> Value {
+    let mut classes = tally(records);
+    let automation = automation::count(records, &classes, t.min);
+    let reviewers = reviewers::tally(records);
+    let fast: Vec<Value> = classes
+        .iter_mut()
+        .filter(|(_, s)| s.auto_approvable(t.min))
+        .filter_map(|(class, s)| {
+            let median = median(&mut s.decision_ms)?;
+            (median < t.fast_ms).then(|| {
+                json!({"class": class, "agent": s.agent, "tool": s.tool, "shape": s.shape,
+                       "approved": s.approved, "median_decision_s": median as f64 / 1000.0})
+            })
+        })
+        .collect();
+    json!({
+        "window_days": days,
+        "thresholds": {"min": t.min, "fast_s": t.fast_ms as f64 / 1000.0},
+        "automation": automation::to_json(&automation),
+        "reviewers": reviewers::to_json(&reviewers, t),
+        "rubber_stamped_classes": fast,
+    })
+}
 
 /// What humans did with one action class in the window.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,6 +95,8 @@ pub struct ClassStats {
     pub modified: u64,
     /// Rejected.
     pub rejected: u64,
+    /// Milliseconds reviewers took, per approving vote.
+    pub decision_ms: Vec<i64>,
 }
 
 impl ClassStats {
@@ -40,7 +108,8 @@ impl ClassStats {
 
 /// Tally the window's records by action class.
 pub fn tally(records: &[Record]) -> BTreeMap<String, ClassStats> {
-    let mut class_of: BTreeMap<&str, String> = BTreeMap::new();
+    // Approval id → (class, when it was gated).
+    let mut class_of: BTreeMap<&str, (String, &str)> = BTreeMap::new();
     let mut out: BTreeMap<String, ClassStats> = BTreeMap::new();
     for r in records {
         let d = &r.details;
@@ -49,7 +118,7 @@ pub fn tally(records: &[Record]) -> BTreeMap<String, ClassStats> {
                 let Some(class) = d["class"].as_str().filter(|c| !c.is_empty()) else {
                     continue;
                 };
-                class_of.insert(&r.subject, class.to_string());
+                class_of.insert(&r.subject, (class.to_string(), &r.ts));
                 let s = out.entry(class.to_string()).or_default();
                 s.agent = r.actor.clone();
                 s.tool = d["tool"].as_str().unwrap_or_default().to_string();
@@ -57,12 +126,15 @@ pub fn tally(records: &[Record]) -> BTreeMap<String, ClassStats> {
                 s.gated += 1;
             }
             "approve" | "modify" | "reject" => {
-                let Some(s) = class_of
-                    .get(r.subject.as_str())
-                    .and_then(|c| out.get_mut(c))
-                else {
+                let Some((class, gated_ts)) = class_of.get(r.subject.as_str()) else {
                     continue;
                 };
+                let Some(s) = out.get_mut(class) else {
+                    continue;
+                };
+                if r.event == "approve" {
+                    s.decision_ms.extend(waited_ms(r, Some(gated_ts)));
+                }
                 match r.event.as_str() {
                     "approve" if d["quorum_met"] == true => s.approved += 1,
                     "modify" => s.modified += 1,
@@ -94,10 +166,10 @@ pub fn learned_data(classes: &BTreeMap<String, ClassStats>, min: u64, days: u64)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rec(event: &str, subject: &str, details: Value) -> Record {
+    pub(crate) fn rec(event: &str, subject: &str, details: Value) -> Record {
         Record {
             mac: None,
             seq: 0,

@@ -27,7 +27,8 @@
 //!   → app                        start-up: builds the handles, binds listeners
 //!     → proxy, admin, demo       the agents' data plane; the humans' API and dashboard
 //!       → server                 accept loop, TLS, client-certificate identity
-//!         → gate                 approvals: Gate handle, pure state machine, execution
+//!         → gate                 approvals: Gate handle, pure state machine, execution, grants
+//!           → insights               automation rate, rubber-stamp signals, learned classes
 //!           → policy, upstream, history, audit, identity
 //!             → store, telemetry, tls
 //!               → config
@@ -41,7 +42,9 @@
 //! - [`proxy`]: the pipeline, one stage per file; [`proxy::error`] maps every refusal.
 //! - [`gate`]: [`gate::Gate`] (propose, decide, cancel, expire, execute,
 //!   recover); the rules in [`gate::machine`] are pure functions of an
-//!   approval, an act and the time.
+//!   approval, an act and the time; [`gate::grants`]: time-boxed grants.
+//! - [`insights`]: from the audit trail, the automation rate, reviewers and
+//!   classes that look rubber-stamped, and learned classes to propose.
 //! - [`policy`]: Rego load, compile (VM + interpreter), evaluate on
 //!   dedicated threads ([`policy::Engine`]), parse the decision; the input
 //!   document ([`policy::input`]) and strict body judging ([`policy::body`]).

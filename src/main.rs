@@ -14,9 +14,12 @@ const USAGE: &str = "usage:
   latch audit verify [--config FILE]    recompute the audit hash chain
   latch audit export [--since RFC3339] [--config FILE]
                                         print audit records as JSON lines
-  latch insights [--min N] [--days D] [--write FILE] [--config FILE]
-                                        classes humans always approve; propose learned data
-  latch approvals list [--status S] | show ID | approve ID [--comment C]
+  latch insights [--min N] [--days D] [--fast-s S] [--write FILE] [--json] [--config FILE]
+                                        automation rate, rubber-stamp signals, classes
+                                        humans always approve; propose learned data
+  latch grants list [--status live|all] | revoke ID [--reason R] [--json]
+                                        time-boxed grants (LATCH_ADMIN_URL, LATCH_TOKEN)
+  latch approvals list [--status S] | show ID | approve ID [--comment C] [--grant-s S [--grant-args a,b]]
                 | reject ID --reason R [--code C] | modify ID --body FILE [--comment C]
                 | override ID --reason R        [--json]  (LATCH_ADMIN_URL, LATCH_TOKEN)
 The config defaults to ./latch.toml.";
@@ -28,6 +31,7 @@ struct Args {
     since: Option<String>,
     min: Option<u64>,
     days: Option<u64>,
+    fast_s: Option<u64>,
     write: Option<PathBuf>,
     api: latch::client::Options,
 }
@@ -40,6 +44,7 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
         since: None,
         min: None,
         days: None,
+        fast_s: None,
         write: None,
         api: Default::default(),
     };
@@ -52,6 +57,12 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
             "--since" => args.since = Some(raw.next().ok_or("--since needs a time")?),
             "--min" => args.min = Some(number(raw.next(), "--min")?),
             "--days" => args.days = Some(number(raw.next(), "--days")?),
+            "--fast-s" => args.fast_s = Some(number(raw.next(), "--fast-s")?),
+            "--grant-s" => args.api.grant_s = Some(number(raw.next(), "--grant-s")?),
+            "--grant-args" => {
+                let list = raw.next().ok_or("--grant-args needs names, comma-separated")?;
+                args.api.grant_args = list.split(',').map(|s| s.trim().to_string()).collect();
+            }
             "--write" => args.write = Some(raw.next().ok_or("--write needs a file")?.into()),
             "--status" => args.api.status = Some(raw.next().ok_or("--status needs a state")?),
             "--comment" => args.api.comment = Some(raw.next().ok_or("--comment needs text")?),
@@ -106,38 +117,22 @@ fn main() -> ExitCode {
             Ok(config) => cli::audit_verify(&config),
         },
         ["approvals", verb, rest @ ..] if rest.len() <= 1 => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match runtime.block_on(latch::client::approvals(
-                verb,
-                rest.first().copied(),
-                &args.api,
-            )) {
-                Ok(out) => {
-                    print!("{out}");
-                    0
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    1
-                }
-            }
+            admin_api(latch::client::approvals(verb, rest.first().copied(), &args.api))
+        }
+        ["grants", verb, rest @ ..] if rest.len() <= 1 => {
+            admin_api(latch::client::grants(verb, rest.first().copied(), &args.api))
         }
         ["insights"] => match cli::load_config(&cli::config_path(args.config)) {
             Err(code) => code,
             Ok(config) => report(cli::insights(
                 &config,
-                args.min.unwrap_or(5),
-                args.days.unwrap_or(30),
-                args.write.as_deref(),
+                &cli::InsightsOptions {
+                    min: args.min.unwrap_or(5),
+                    days: args.days.unwrap_or(30),
+                    fast_s: args.fast_s.unwrap_or(10),
+                    write: args.write,
+                    json: args.api.json,
+                },
             )),
         },
         ["audit", "export"] => match cli::load_config(&cli::config_path(args.config)) {
@@ -168,6 +163,30 @@ fn serve(path: PathBuf) -> i32 {
         }
     };
     report(runtime.block_on(cli::serve(config)))
+}
+
+/// Run one admin API command; print its answer.
+fn admin_api(command: impl std::future::Future<Output = anyhow::Result<String>>) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(out) => {
+            print!("{out}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
 }
 
 fn report(result: anyhow::Result<()>) -> i32 {

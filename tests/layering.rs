@@ -12,7 +12,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("testing", 90),
     ("cli", 90),
     ("app", 80),
-    ("insights", 85),
+    ("insights", 55),
     ("client", 85),
     ("proxy", 70),
     ("admin", 70),

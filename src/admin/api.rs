@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::error::AdminError;
 use super::routes::ApiOp;
 use super::Admin;
-use crate::gate::model::{Approval, State};
+use crate::gate::model::{Approval, Grant, State};
 use crate::gate::{Act, Gate, GateError, GrantAsk};
 use crate::history::ActionClass;
 use crate::http_util::query::{parse_query, Query};
@@ -85,7 +85,75 @@ async fn serve(
             ))
         }
         ApiOp::Events => Ok(events(&admin.gate)),
+        ApiOp::ListGrants => list_grants(admin, &query).await.map(|v| ok(&v)),
+        ApiOp::GetGrant => {
+            let g = admin.gate.grant(&id).await?;
+            Ok(ok(&grant_view(&g, admin.gate.now_ms())))
+        }
+        ApiOp::RevokeGrant => {
+            let body = read_json(admin, req).await?;
+            let reason = text(&body, "reason").map_err(AdminError::Invalid)?;
+            let g = admin.gate.revoke_grant(&id, human, reason).await?;
+            Ok(ok(&grant_view(&g, admin.gate.now_ms())))
+        }
+        ApiOp::Insights => insights(admin, &query).await.map(|v| ok(&v)),
     }
+}
+
+/// A grant with its status now.
+fn grant_view(g: &Grant, now: i64) -> Value {
+    let mut v = serde_json::to_value(g).unwrap_or(Value::Null);
+    v["status"] = json!(g.status(now));
+    v
+}
+
+/// `GET /api/v1/grants?status=live|all`.
+async fn list_grants(admin: &Admin, query: &Query) -> Result<Value, AdminError> {
+    let first = |k: &str| query.get(k).and_then(|v| v.first()).map(String::as_str);
+    let live_only = match first("status") {
+        None | Some("live") => true,
+        Some("all") => false,
+        Some(s) => return Err(bad_query("bad_status", format!("status must be live or all, not {s:?}"))),
+    };
+    let limit = match first("limit").map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => return Err(bad_query("bad_limit", "limit must be 1 to 1000")),
+    };
+    let now = admin.gate.now_ms();
+    let list = admin.gate.list_grants(live_only, limit).await?;
+    let list: Vec<Value> = list.iter().map(|g| grant_view(g, now)).collect();
+    Ok(json!({"grants": list}))
+}
+
+/// Most audit records one insights request reads (the newest window part
+/// beyond it is left out, and the answer says so).
+const INSIGHTS_MAX_RECORDS: usize = 500_000;
+
+/// `GET /api/v1/insights?days=1`: the automation rate and rubber-stamp
+/// signals over the window, from the audit trail.
+async fn insights(admin: &Admin, query: &Query) -> Result<Value, AdminError> {
+    let first = |k: &str| query.get(k).and_then(|v| v.first()).map(String::as_str);
+    let number = |k: &'static str, default: u64, max: u64| match first(k).map(str::parse::<u64>) {
+        None => Ok(default),
+        Some(Ok(n)) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(bad_query("bad_query", format!("{k} must be 1 to {max}"))),
+    };
+    let days = number("days", 1, 90)?;
+    let t = crate::insights::Thresholds {
+        min: number("min", 5, 1_000_000)?,
+        fast_ms: number("fast_s", 10, 86_400)? as i64 * 1000,
+    };
+    let since = chrono::Utc::now() - chrono::Duration::days(days as i64);
+    let store = admin.store.clone();
+    let records = blocking(move || {
+        crate::audit::records(&*store, 0, INSIGHTS_MAX_RECORDS, Some(since), None)
+    })
+    .await
+    .map_err(AdminError::Store)?;
+    let mut v = crate::insights::report(&records, t, days);
+    v["truncated"] = json!(records.len() >= INSIGHTS_MAX_RECORDS);
+    Ok(v)
 }
 
 fn bad_query(code: &'static str, message: impl Into<String>) -> AdminError {

@@ -67,6 +67,14 @@ pub enum ApiOp {
     Session,
     /// Server-sent events: approval changes.
     Events,
+    /// List grants.
+    ListGrants,
+    /// One grant.
+    GetGrant,
+    /// Revoke a grant.
+    RevokeGrant,
+    /// Automation rate and rubber-stamp signals.
+    Insights,
 }
 
 /// One route.
@@ -231,7 +239,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             "Approve the current body",
             true,
             &[],
-            Some(r#"{"type": "object", "properties": {"comment": {"type": "string"}}}"#),
+            Some(
+                r#"{"type": "object", "properties": {"comment": {"type": "string"}, "grant": {"type": "object", "required": ["ttl_s"], "properties": {"ttl_s": {"type": "integer", "minimum": 1}, "class_args": {"type": "array", "items": {"type": "string"}}}}}}"#,
+            ),
             (200, "Approval"),
         ),
         e(
@@ -284,6 +294,53 @@ pub fn endpoints() -> Vec<Endpoint> {
             ],
             None,
             (200, "AuditPage"),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/grants",
+            Op::Api(ApiOp::ListGrants),
+            "Time-boxed grants, newest first",
+            true,
+            &[
+                ("status", "live (default) or all"),
+                ("limit", "at most this many, 1 to 1000 (default 100)"),
+            ],
+            None,
+            (200, "GrantList"),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/grants/{id}",
+            Op::Api(ApiOp::GetGrant),
+            "One grant",
+            true,
+            &[],
+            None,
+            (200, "Grant"),
+        ),
+        e(
+            Method::DELETE,
+            "/api/v1/grants/{id}",
+            Op::Api(ApiOp::RevokeGrant),
+            "Revoke a grant: calls it covered need approval again",
+            true,
+            &[],
+            Some(r#"{"type": "object", "properties": {"reason": {"type": "string"}}}"#),
+            (200, "Grant"),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/insights",
+            Op::Api(ApiOp::Insights),
+            "Automation rate (per tool and overall, and if learned classes were adopted), rubber-stamp signals per reviewer and class",
+            true,
+            &[
+                ("days", "window in days, 1 to 90 (default 1)"),
+                ("min", "decisions before a reviewer or class counts (default 5)"),
+                ("fast_s", "a median decision time under this is fast (default 10)"),
+            ],
+            None,
+            (200, "Insights"),
         ),
         e(
             Method::POST,
@@ -360,7 +417,7 @@ fn schemas() -> Value {
             "body_sha256": {"type": "string"}, "decision": {"type": "object"}, "reason": {"type": ["string", "null"]},
             "level": {"type": "integer"}, "required": {"type": "array"},
             "votes": {"type": "array", "items": {"$ref": "#/components/schemas/Vote"}},
-            "created_at": {"type": "integer"}, "deadline_ms": {"type": "integer"},
+            "created_at": {"type": "integer"}, "deadline_ms": {"type": "integer"}, "grant_id": {"type": ["string", "null"]},
             "outcome": {"type": ["string", "null"]}, "result": {"type": ["object", "null"]}}},
         "ApprovalList": {"type": "object", "properties": {"approvals": {"type": "array",
                          "items": {"$ref": "#/components/schemas/Approval"}},
@@ -371,6 +428,19 @@ fn schemas() -> Value {
                            "details": {}, "prev_hash": {"type": "string"}, "hash": {"type": "string"}}},
         "AuditPage": {"type": "object", "properties": {"records": {"type": "array",
                       "items": {"$ref": "#/components/schemas/AuditRecord"}}, "next_after": {"type": ["integer", "null"]}}},
+        "Grant": {"type": "object", "required": ["id", "status", "agent", "class", "expires_at"], "properties": {
+            "id": {"type": "string"}, "status": {"enum": ["live", "expired", "revoked"]},
+            "approval": {"type": "string"}, "agent": {"type": "string"}, "route": {"type": "string"},
+            "tool": {"type": "string"}, "class": {"type": "string"}, "shape": {"type": "string"},
+            "narrow": {"type": "object"}, "risk": {"enum": ["low", "medium", "high", "critical"]},
+            "granted_by": {"type": "array", "items": {"type": "string"}},
+            "created_at": {"type": "integer"}, "expires_at": {"type": "integer"},
+            "revoked": {"type": ["object", "null"]}}},
+        "GrantList": {"type": "object", "properties": {"grants": {"type": "array",
+                      "items": {"$ref": "#/components/schemas/Grant"}}}},
+        "Insights": {"type": "object", "properties": {"window_days": {"type": "integer"},
+                     "automation": {"type": "object"}, "reviewers": {"type": "array"},
+                     "rubber_stamped_classes": {"type": "array"}, "truncated": {"type": "boolean"}}},
         "Reloaded": {"type": "object", "properties": {"status": {"type": "string"}, "hash": {"type": "string"}}},
         "Html": {"type": "string"},
         "Empty": {"type": "string"},
@@ -408,7 +478,7 @@ pub fn openapi(table: &[Endpoint]) -> Value {
         );
         let errors: &[u16] = match (
             e.auth || e.op == Op::Public(Public::Logout),
-            e.method == Method::POST,
+            e.method != Method::GET,
         ) {
             (true, true) => DECIDE_ERRORS,
             (true, false) => &[401, 403, 404, 503],

@@ -180,6 +180,7 @@ pub fn apply(
                 next.mark(State::Approved, None, now);
             }
             let granted = met.then(|| granted(&next, now)).flatten();
+            next.grant_id = granted.as_ref().map(|g| g.id.clone());
             Ok(Transition {
                 event: event(
                     "approve",
@@ -532,8 +533,9 @@ mod tests {
             decided_at: None,
             result: None,
             version: 1,
-            class: String::new(),
-            class_shape: String::new(),
+            class: "00112233445566778899aabbccddeeff".into(),
+            class_shape: "POST {amount:#,to:s}".into(),
+            grant_id: None,
         }
     }
 
@@ -644,6 +646,70 @@ mod tests {
             act(&dir, &a, "alice", modify),
             Err(GateError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_grant_needs_every_quorum_approver_and_takes_the_narrowest_terms() {
+        let dir = directory();
+        let mut both = req("lead");
+        both.extend(req("director"));
+        let a = approval(spec(both));
+        // alice grants an hour narrowed to the recipient; dave approves only.
+        let t = act(&dir, &a, "alice", approve_granting(3600, &["to"])).unwrap();
+        assert!(t.grant.is_none(), "no quorum yet");
+        let done = act(&dir, &t.next, "dave", approve()).unwrap();
+        assert_eq!(done.next.state, State::Approved);
+        assert!(done.grant.is_none(), "dave did not grant");
+
+        let t = act(&dir, &a, "alice", approve_granting(3600, &["to"])).unwrap();
+        let done = act(&dir, &t.next, "dave", approve_granting(600, &["amount"])).unwrap();
+        let g = done.grant.as_ref().expect("both granted");
+        assert_eq!(g.expires_at, 1_000 + 600_000, "the shortest time");
+        assert_eq!(
+            serde_json::to_value(&g.narrow).unwrap(),
+            json!({"to": "x@example.com", "amount": 5})
+        );
+        assert_eq!(g.granted_by, ["alice", "dave"]);
+        assert_eq!((g.agent.as_str(), g.risk), ("bot", Risk::High));
+        assert_eq!(done.next.grant_id.as_deref(), Some(g.id.as_str()));
+        let events = done.events();
+        assert_eq!(events[1].event, "grant");
+        assert_eq!(events[1].subject, g.id);
+    }
+
+    #[test]
+    fn bad_grants_are_refused_and_change_nothing() {
+        let dir = directory();
+        let a = approval(spec(req("lead")));
+        for (ask, why) in [
+            (approve_granting(3601, &[]), "1 to 3600"),
+            (approve_granting(0, &[]), "1 to 3600"),
+            (approve_granting(60, &["bcc"]), "no argument `bcc`"),
+        ] {
+            match act(&dir, &a, "alice", ask) {
+                Err(GateError::BadGrant(m)) => assert!(m.contains(why), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut modified = a.clone();
+        modified.original_body = Some(b"{}".to_vec());
+        assert!(matches!(
+            act(&dir, &modified, "alice", approve_granting(60, &[])),
+            Err(GateError::BadGrant(_))
+        ));
+        let mut closed = a.clone();
+        closed.decision.approval.as_mut().unwrap().grantable = false;
+        assert!(matches!(
+            act(&dir, &closed, "alice", approve_granting(60, &[])),
+            Err(GateError::BadGrant(_))
+        ));
+        // Someone who could not approve cannot grant either.
+        assert!(matches!(
+            act(&dir, &a, "carol", approve_granting(60, &[])),
+            Err(GateError::Forbidden(_))
+        ));
+        let ok = act(&dir, &a, "alice", approve_granting(60, &[])).unwrap();
+        assert_eq!(ok.grant.unwrap().expires_at, 61_000);
     }
 
     #[test]

@@ -246,6 +246,9 @@ pub struct Approval {
     /// The class's canonical shape, for learning.
     #[serde(default)]
     pub class_shape: String,
+    /// The grant its approval created, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
 }
 
 impl Approval {

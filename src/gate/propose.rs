@@ -153,6 +153,7 @@ impl Gate {
             version: 1,
             class: p.class.fingerprint(),
             class_shape: p.class.shape.clone(),
+            grant_id: None,
             decision: p.decision,
         };
         let event = Event::new(

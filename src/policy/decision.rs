@@ -116,7 +116,7 @@ pub struct ApprovalSpec {
     pub mode: Mode,
     /// Whether an approver may grant the same class for a while
     /// (`false`: every such call needs its own approval).
-    #[serde(default = "default_grantable")]
+    #[serde(default = "default_grantable", skip_serializing_if = "is_true")]
     pub grantable: bool,
 }
 
@@ -131,6 +131,9 @@ fn default_mode() -> Mode {
 }
 fn default_grantable() -> bool {
     true
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A policy decision.
