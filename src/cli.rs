@@ -311,7 +311,10 @@ fn percent(v: &serde_json::Value) -> String {
 }
 
 fn print_report(report: &serde_json::Value, o: &InsightsOptions) {
-    println!("automation over {} days: decided without a human (allowed + granted) vs gated", o.days);
+    println!(
+        "automation over {} days: decided without a human (allowed + granted) vs gated",
+        o.days
+    );
     println!(
         "{:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
         "tool", "allowed", "granted", "gated", "denied", "rate", "if learned"
@@ -351,17 +354,29 @@ fn print_report(report: &serde_json::Value, o: &InsightsOptions) {
                     .as_f64()
                     .map(|m| format!("{m:.1}s"))
                     .unwrap_or_else(|| "-".into());
-                format!("{risk}: {}/{} approved, median {median}", s["approved"].as_u64().unwrap_or(0) + s["modified"].as_u64().unwrap_or(0),
-                    s["approved"].as_u64().unwrap_or(0) + s["modified"].as_u64().unwrap_or(0) + s["rejected"].as_u64().unwrap_or(0))
+                format!(
+                    "{risk}: {}/{} approved, median {median}",
+                    s["approved"].as_u64().unwrap_or(0) + s["modified"].as_u64().unwrap_or(0),
+                    s["approved"].as_u64().unwrap_or(0)
+                        + s["modified"].as_u64().unwrap_or(0)
+                        + s["rejected"].as_u64().unwrap_or(0)
+                )
             })
             .collect();
         let flag = if signals.is_empty() { " " } else { "!" };
-        println!("{flag}{:<23} {}", r["principal"].as_str().unwrap_or("-"), risks.join("; "));
+        println!(
+            "{flag}{:<23} {}",
+            r["principal"].as_str().unwrap_or("-"),
+            risks.join("; ")
+        );
         for s in signals {
             println!("    ! {s}");
         }
     }
-    let fast = report["rubber_stamped_classes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let fast = report["rubber_stamped_classes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     if !fast.is_empty() {
         println!("\nclasses approved every time, fast (automate them, or stop gating them):");
         for c in fast {
@@ -394,7 +409,10 @@ fn print_classes(
             s.agent, s.tool, s.gated, s.approved, s.modified, s.rejected, s.shape
         );
     }
-    let proposed = classes.values().filter(|s| s.auto_approvable(o.min)).count();
+    let proposed = classes
+        .values()
+        .filter(|s| s.auto_approvable(o.min))
+        .count();
     println!(
         "{proposed} class(es) marked * were approved at least {} times in {} days with no rejection or modification",
         o.min, o.days

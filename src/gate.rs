@@ -192,11 +192,10 @@ impl Gate {
         let store = self.parts().store.clone();
         let next = next.clone();
         let started = std::time::Instant::now();
-        let ok = blocking(move || {
-            store.update_approval(&next, prev_version, &events, grant.as_ref())
-        })
-            .await
-            .map_err(GateError::Store)?;
+        let ok =
+            blocking(move || store.update_approval(&next, prev_version, &events, grant.as_ref()))
+                .await
+                .map_err(GateError::Store)?;
         self.parts()
             .metrics
             .audit_write

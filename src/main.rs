@@ -60,7 +60,9 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
             "--fast-s" => args.fast_s = Some(number(raw.next(), "--fast-s")?),
             "--grant-s" => args.api.grant_s = Some(number(raw.next(), "--grant-s")?),
             "--grant-args" => {
-                let list = raw.next().ok_or("--grant-args needs names, comma-separated")?;
+                let list = raw
+                    .next()
+                    .ok_or("--grant-args needs names, comma-separated")?;
                 args.api.grant_args = list.split(',').map(|s| s.trim().to_string()).collect();
             }
             "--write" => args.write = Some(raw.next().ok_or("--write needs a file")?.into()),
@@ -116,12 +118,16 @@ fn main() -> ExitCode {
             Err(code) => code,
             Ok(config) => cli::audit_verify(&config),
         },
-        ["approvals", verb, rest @ ..] if rest.len() <= 1 => {
-            admin_api(latch::client::approvals(verb, rest.first().copied(), &args.api))
-        }
-        ["grants", verb, rest @ ..] if rest.len() <= 1 => {
-            admin_api(latch::client::grants(verb, rest.first().copied(), &args.api))
-        }
+        ["approvals", verb, rest @ ..] if rest.len() <= 1 => admin_api(latch::client::approvals(
+            verb,
+            rest.first().copied(),
+            &args.api,
+        )),
+        ["grants", verb, rest @ ..] if rest.len() <= 1 => admin_api(latch::client::grants(
+            verb,
+            rest.first().copied(),
+            &args.api,
+        )),
         ["insights"] => match cli::load_config(&cli::config_path(args.config)) {
             Err(code) => code,
             Ok(config) => report(cli::insights(

@@ -139,7 +139,8 @@ impl Metrics {
             ),
             &["event"],
         )?;
-        let grants_active = IntGauge::new("latch_grants_active", "Grants that can still allow calls")?;
+        let grants_active =
+            IntGauge::new("latch_grants_active", "Grants that can still allow calls")?;
         let reviewer_decision = HistogramVec::new(
             HistogramOpts::new(
                 "latch_reviewer_decision_seconds",

@@ -113,7 +113,12 @@ async fn list_grants(admin: &Admin, query: &Query) -> Result<Value, AdminError> 
     let live_only = match first("status") {
         None | Some("live") => true,
         Some("all") => false,
-        Some(s) => return Err(bad_query("bad_status", format!("status must be live or all, not {s:?}"))),
+        Some(s) => {
+            return Err(bad_query(
+                "bad_status",
+                format!("status must be live or all, not {s:?}"),
+            ))
+        }
     };
     let limit = match first("limit").map(str::parse::<usize>) {
         None => 100,
@@ -332,7 +337,10 @@ fn grant_ask(body: &Value) -> Result<Option<GrantAsk>, String> {
         None | Some(Value::Null) => return Ok(None),
         Some(g) => g.as_object().ok_or("`grant` must be an object")?,
     };
-    if let Some(k) = g.keys().find(|k| !["ttl_s", "class_args"].contains(&k.as_str())) {
+    if let Some(k) = g
+        .keys()
+        .find(|k| !["ttl_s", "class_args"].contains(&k.as_str()))
+    {
         return Err(format!("unknown field `grant.{k}` (ttl_s, class_args)"));
     }
     let ttl_s = g

@@ -95,7 +95,9 @@ impl AdminError {
                 GateError::NotFound | GateError::GrantNotFound => {
                     (StatusCode::NOT_FOUND, "not_found")
                 }
-                GateError::Closed(_) | GateError::GrantClosed(_) => (StatusCode::CONFLICT, "closed"),
+                GateError::Closed(_) | GateError::GrantClosed(_) => {
+                    (StatusCode::CONFLICT, "closed")
+                }
                 GateError::BadGrant(_) => (StatusCode::BAD_REQUEST, "bad_grant"),
                 GateError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
                 GateError::AlreadyVoted(_) => (StatusCode::CONFLICT, "already_voted"),

@@ -95,7 +95,10 @@ impl Gate {
             Event::new("latch", "execute_refused", &a.id, json!({"reason": why})),
             "failed",
         );
-        if let Ok(true) = self.commit(a.version, &t.next, vec![t.event.clone()], None).await {
+        if let Ok(true) = self
+            .commit(a.version, &t.next, vec![t.event.clone()], None)
+            .await
+        {
             self.after_commit(State::Approved, &t.next);
         }
     }

@@ -297,17 +297,30 @@ mod tests {
         let grants = Grants::default();
         grants.insert(grant("g1", &class, json!({"to": "a@x.com"}), 1_000));
         assert_eq!(grants.matching(&class, "email", &to_a, 999).len(), 1);
-        assert!(grants.matching(&class, "email", &to_a, 1_000).is_empty(), "expired");
-        assert!(grants.matching(&class, "email", &to_b, 0).is_empty(), "narrowed");
-        assert!(grants.matching(&class, "other", &to_a, 0).is_empty(), "route");
+        assert!(
+            grants.matching(&class, "email", &to_a, 1_000).is_empty(),
+            "expired"
+        );
+        assert!(
+            grants.matching(&class, "email", &to_b, 0).is_empty(),
+            "narrowed"
+        );
+        assert!(
+            grants.matching(&class, "other", &to_a, 0).is_empty(),
+            "route"
+        );
         let other_agent = ActionClass::new("bot2", "send_email", "POST", &to_a);
         assert!(grants.matching(&other_agent, "email", &to_a, 0).is_empty());
-        let other_shape = ActionClass::new("bot", "send_email", "POST", &args(json!({"to": "a@x.com"})));
+        let other_shape =
+            ActionClass::new("bot", "send_email", "POST", &args(json!({"to": "a@x.com"})));
         assert!(grants.matching(&other_shape, "email", &to_a, 0).is_empty());
 
         assert_eq!(grants.prune(999), 1);
         grants.remove(&class.fingerprint(), "g1");
-        assert!(grants.matching(&class, "email", &to_a, 0).is_empty(), "removed");
+        assert!(
+            grants.matching(&class, "email", &to_a, 0).is_empty(),
+            "removed"
+        );
         grants.insert(grant("g2", &class, json!({}), 10));
         assert_eq!(grants.prune(10), 0, "expired grants are forgotten");
     }

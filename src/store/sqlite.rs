@@ -582,9 +582,13 @@ impl Store for SqliteStore {
 
     fn grant(&self, id: &str) -> anyhow::Result<Option<Grant>> {
         let conn = self.conn()?;
-        conn.query_row("SELECT data FROM grants WHERE id = ?1", params![id], row_to_grant)
-            .optional()
-            .map_err(Into::into)
+        conn.query_row(
+            "SELECT data FROM grants WHERE id = ?1",
+            params![id],
+            row_to_grant,
+        )
+        .optional()
+        .map_err(Into::into)
     }
 
     fn revoke_grant(&self, g: &Grant, event: &Event) -> anyhow::Result<bool> {
