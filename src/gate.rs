@@ -165,6 +165,11 @@ impl Gate {
         self.0.events.subscribe()
     }
 
+    /// Longest grant an approver may give, seconds (0: grants are off).
+    pub fn max_grant_s(&self) -> u64 {
+        self.parts().config.max_grant_s
+    }
+
     /// Approvals a held caller is waiting on right now.
     pub fn waiting(&self) -> usize {
         self.0.waiters.len()

@@ -294,7 +294,7 @@ async fn reviewers_decide_held_calls_in_a_real_browser() {
     let agent = held_call(latch.proxy(), LEAD);
     let third = pending_card(&d, &[first.clone(), second.clone()]).await;
     d.click(&format!(".card[data-id=\"{third}\"]")).await;
-    d.click("details summary").await;
+    d.click("#modify-details summary").await;
     d.script(
         "const e = document.getElementById('modify-editor'); e.value = arguments[0]; e.dispatchEvent(new Event('input'));",
         json!([r#"{"to": "carol@example.com", "subject": "fixed"}"#]),
@@ -323,6 +323,63 @@ async fn reviewers_decide_held_calls_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(audit.contains("alice · modify"), "{audit}");
+
+    // Approve and grant, narrowed to the recipient: the same call then
+    // passes without a human; the Grants tab lists the grant and revoking
+    // it there restores the gate.
+    let agent = held_call(latch.proxy(), LEAD);
+    let fourth = pending_card(&d, &[first.clone(), second.clone(), third.clone()]).await;
+    d.click(&format!(".card[data-id=\"{fourth}\"]")).await;
+    d.click("#grant-details summary").await;
+    d.click(".grant-arg[value=\"to\"]").await;
+    d.click("#approve-grant").await;
+    let a = tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let granted = call("POST", latch.proxy(), "/tools/echo/send", LEAD).await;
+    assert_eq!(granted.status, 200, "{:?}", granted.body);
+    let grant_id = granted.header("latch-grant").to_string();
+    assert_eq!(grant_id, format!("grant-{fourth}"));
+    d.click("#tab-grants").await;
+    d.wait(&format!(".grant[data-id=\"{grant_id}\"]")).await;
+    assert!(d
+        .text("#grants")
+        .await
+        .contains("only with to = \"bob@example.com\""));
+    d.click(".grant .revoke").await;
+    let mut revoked = false;
+    for _ in 0..100 {
+        let g = admin(
+            latch.admin(),
+            "GET",
+            &format!("/api/v1/grants/{grant_id}"),
+            "alice-token",
+            "",
+        )
+        .await;
+        if g.json()["status"] == "revoked" {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(revoked, "the dashboard's revoke did not land");
+    let req = agent_request("POST", latch.proxy(), "/tools/echo/send")
+        .header("content-type", "application/json")
+        .header("prefer", "respond-async")
+        .body(Full::new(Bytes::from_static(LEAD.as_bytes())))
+        .unwrap();
+    assert_eq!(send(req).await.status, 202, "gated again after revoking");
+    d.go(&dashboard).await;
+    let summary = d.text("#automation-rate").await;
+    assert!(summary.ends_with('%'), "{summary}");
+    assert!(
+        d.text("#summary").await.contains("1 granted"),
+        "{}",
+        d.text("#summary").await
+    );
 
     // Phone width: no horizontal scrolling; keep a screenshot as an artifact.
     let _agent = held_call(latch.proxy(), LEAD);

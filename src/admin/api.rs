@@ -81,7 +81,8 @@ async fn serve(
             let session = admin.sessions.from_headers(req.headers()).map(|(_, s)| s);
             let break_glass = admin.break_glass_roles.iter().any(|r| human.has_role(r));
             Ok(ok(
-                &json!({"principal": human.id, "roles": human.roles, "csrf": session.map(|s| s.csrf), "break_glass": break_glass}),
+                &json!({"principal": human.id, "roles": human.roles, "csrf": session.map(|s| s.csrf),
+                        "break_glass": break_glass, "max_grant_s": admin.gate.max_grant_s()}),
             ))
         }
         ApiOp::Events => Ok(events(&admin.gate)),

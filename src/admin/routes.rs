@@ -447,7 +447,7 @@ fn schemas() -> Value {
         "EventStream": {"type": "string"},
         "SessionInfo": {"type": "object", "properties": {"principal": {"type": "string"},
                         "roles": {"type": "array", "items": {"type": "string"}}, "csrf": {"type": ["string", "null"]},
-                        "break_glass": {"type": "boolean"}}},
+                        "break_glass": {"type": "boolean"}, "max_grant_s": {"type": "integer"}}},
     })
 }
 
