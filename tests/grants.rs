@@ -387,3 +387,53 @@ async fn an_expired_grant_allows_nothing() {
     let r = latch.admin("DELETE", &revoke, "alice-token", "").await;
     assert_eq!(r.status, 409, "an expired grant is closed: {:?}", r.body);
 }
+
+/// The policy sees live grants in `input.grants` and may deny on its own
+/// terms; a deny is never turned into an allow by a grant.
+#[tokio::test]
+async fn the_policy_sees_grants_and_its_deny_wins() {
+    const POLICY: &str = r#"package latch
+import rego.v1
+
+decision := {"action": "deny", "code": "inspected", "reasons": [json.marshal(input.grants)]} if {
+    input.action.args.mode == "inspect"
+} else := {"action": "gate", "risk": "medium", "code": "held",
+           "approval": {"require": [{"role": "lead", "count": 1}]}}
+"#;
+    let up = Upstream::start().await;
+    let latch = TestLatch::start_with(&up.url(), "", POLICY).await;
+    let adm = latch.admin();
+    let inspect = as_agent(&latch, AGENT_TOKEN, r#"{"mode": "inspect"}"#).await;
+    assert_eq!(inspect.json()["reasons"][0], "[]", "no grant yet");
+
+    let first = as_agent(&latch, AGENT_TOKEN, r#"{"mode": "go"}"#).await;
+    let id = first.json()["approval_id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/approvals/{id}/approve");
+    let r = admin(
+        adm,
+        "POST",
+        &path,
+        "alice-token",
+        r#"{"grant": {"ttl_s": 300}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    wait_state(adm, &id, "executed").await;
+
+    // Same shape (mode: string), so the grant covers it — but the policy denies.
+    let inspect = as_agent(&latch, AGENT_TOKEN, r#"{"mode": "inspect"}"#).await;
+    assert_eq!(inspect.status, 403, "{:?}", inspect.body);
+    let seen: Value = serde_json::from_str(inspect.json()["reasons"][0].as_str().unwrap()).unwrap();
+    assert_eq!(seen[0]["id"], format!("grant-{id}"));
+    assert_eq!(
+        (&seen[0]["risk"], &seen[0]["granted_by"]),
+        (&json!("medium"), &json!(["alice"]))
+    );
+    let go = as_agent(&latch, AGENT_TOKEN, r#"{"mode": "go"}"#).await;
+    assert_eq!(go.status, 200, "the gate is granted: {:?}", go.body);
+    assert_eq!(
+        up.requests().len(),
+        2,
+        "the approved call and the granted one"
+    );
+}

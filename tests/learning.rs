@@ -80,6 +80,38 @@ async fn insights_propose_a_class_and_the_shipped_policy_honours_the_committed_d
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("1 class(es) marked *"), "{stdout}");
+    assert!(stdout.contains("automation over 30 days"), "{stdout}");
+    assert!(
+        stdout.contains("classes approved every time, fast"),
+        "three approvals within milliseconds are a rubber stamp: {stdout}"
+    );
+
+    // The same report as JSON: four calls gated, three of them in a class
+    // the learned data would stop gating; alice's decisions by risk.
+    let json = Command::new(env!("CARGO_BIN_EXE_latch"))
+        .args(["insights", "--min", "3", "--json", "--config"])
+        .arg(latch.config_path())
+        .env("BOT_TOKEN", AGENT_TOKEN)
+        .env("UPSTREAM_KEY", "x")
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let mail = &report["automation"]["tools"]["send_email"];
+    assert_eq!(
+        (&mail["gated"], &mail["learnable"]),
+        (&4.into(), &3.into()),
+        "{mail}"
+    );
+    assert_eq!(mail["rate"], 0.0);
+    assert_eq!(mail["projected_rate"], 0.75);
+    let alice = &report["reviewers"][0];
+    assert_eq!(alice["principal"], "alice");
+    assert_eq!(alice["by_risk"]["medium"]["approved"], 3, "{alice}");
+    assert_eq!(alice["by_risk"]["medium"]["rejected"], 1, "{alice}");
+    assert_eq!(
+        report["rubber_stamped_classes"].as_array().unwrap().len(),
+        1
+    );
     let data: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&suggested).unwrap()).unwrap();
     let auto = data["latch_learned"]["auto_approve"].as_object().unwrap();
