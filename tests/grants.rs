@@ -41,7 +41,11 @@ fn stdout(o: &Output) -> String {
 
 /// A call as agent `token`, answered at once (202 if gated).
 async fn as_agent(latch: &TestLatch, token: &str, body: &str) -> Answer {
-    let req = http::Request::post(format!("http://{}/tools/echo/send", latch.proxy()))
+    to_path(latch, token, "/tools/echo/send", body).await
+}
+
+async fn to_path(latch: &TestLatch, token: &str, path: &str, body: &str) -> Answer {
+    let req = http::Request::post(format!("http://{}{path}", latch.proxy()))
         .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
         .header("prefer", "respond-async")
@@ -119,6 +123,14 @@ async fn a_grant_lets_the_same_class_through_until_it_is_revoked() {
         let r = as_agent(&latch, token, &body).await;
         assert_eq!(r.status, 202, "{body}: {:?}", r.body);
     }
+    let elsewhere = to_path(
+        &latch,
+        AGENT_TOKEN,
+        "/tools/echo/delete",
+        &email("bob@example.com", ""),
+    )
+    .await;
+    assert_eq!(elsewhere.status, 202, "another path: {:?}", elsewhere.body);
     let blocked = as_agent(
         &latch,
         AGENT_TOKEN,
@@ -135,6 +147,16 @@ async fn a_grant_lets_the_same_class_through_until_it_is_revoked() {
         table.contains(&grant_id) && table.contains("live"),
         "{table}"
     );
+    let metrics = admin(adm, "GET", "/metrics", "alice-token", "").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for line in [
+        "latch_grant_events_total{event=\"created\"} 1",
+        "latch_grant_events_total{event=\"used\"} 1",
+        "latch_grants_active 1",
+        "latch_reviewer_decision_seconds_count{principal=\"alice\",risk=\"medium\"} 1",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
     latch.restart().await;
     let adm = latch.admin();
     let after_restart = as_agent(&latch, AGENT_TOKEN, &email("bob@example.com", "")).await;
@@ -181,7 +203,7 @@ async fn a_grant_lets_the_same_class_through_until_it_is_revoked() {
     let echo = &report.json()["automation"]["tools"]["echo"];
     assert_eq!(echo["granted"], 2, "{echo}");
     assert_eq!(echo["denied"], 1, "{echo}");
-    assert_eq!(echo["gated"], 6, "{echo}");
+    assert_eq!(echo["gated"], 7, "{echo}");
     let metrics = admin(adm, "GET", "/metrics", "alice-token", "").await;
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(
@@ -189,6 +211,10 @@ async fn a_grant_lets_the_same_class_through_until_it_is_revoked() {
         "{text}"
     );
     assert!(text.contains("latch_grants_active 0"), "{text}");
+    assert!(
+        text.contains("latch_grant_events_total{event=\"used\"} 1"),
+        "one use since the restart: {text}"
+    );
 }
 
 #[tokio::test]

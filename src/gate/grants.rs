@@ -48,10 +48,12 @@ impl LiveGrant {
         LiveGrant { grant, narrow }
     }
 
-    /// Whether a call with `args` on `route` at `now` is covered (risk aside).
-    fn covers(&self, route: &str, args: &regorus::Value, now: i64) -> bool {
+    /// Whether a call with `args` to `path` on `route` at `now` is covered
+    /// (risk aside).
+    fn covers(&self, route: &str, path: &str, args: &regorus::Value, now: i64) -> bool {
         self.grant.live(now)
             && self.grant.route == route
+            && self.grant.path == path
             && self.narrow.iter().all(|(k, v)| args[k] == *v)
     }
 
@@ -104,11 +106,11 @@ impl Grants {
         self.by_class.remove_if(&key, |_, list| list.is_empty());
     }
 
-    /// Grants covering a call of `class` on `route` with `args` at `now`.
+    /// Grants covering a call of `class` to `(route, path)` with `args` at `now`.
     pub fn matching(
         &self,
         class: &ActionClass,
-        route: &str,
+        (route, path): (&str, &str),
         args: &regorus::Value,
         now: i64,
     ) -> Vec<Arc<LiveGrant>> {
@@ -116,7 +118,7 @@ impl Grants {
             None => Vec::new(),
             Some(list) => list
                 .iter()
-                .filter(|l| l.covers(route, args, now))
+                .filter(|l| l.covers(route, path, args, now))
                 .cloned()
                 .collect(),
         }
@@ -138,10 +140,12 @@ impl Gate {
     pub fn grants_for(
         &self,
         class: &ActionClass,
-        route: &str,
+        route_and_path: (&str, &str),
         args: &regorus::Value,
     ) -> Vec<Arc<LiveGrant>> {
-        self.0.grants.matching(class, route, args, self.now_ms())
+        self.0
+            .grants
+            .matching(class, route_and_path, args, self.now_ms())
     }
 
     /// Count a call a grant let through.
@@ -273,6 +277,7 @@ mod tests {
             approval: "a1".into(),
             agent: class.agent.clone(),
             route: "email".into(),
+            path: "/mail/send".into(),
             tool: class.tool.clone(),
             class: class.fingerprint(),
             shape: class.shape.clone(),
@@ -296,31 +301,22 @@ mod tests {
         let class = ActionClass::new("bot", "send_email", "POST", &to_a);
         let grants = Grants::default();
         grants.insert(grant("g1", &class, json!({"to": "a@x.com"}), 1_000));
-        assert_eq!(grants.matching(&class, "email", &to_a, 999).len(), 1);
-        assert!(
-            grants.matching(&class, "email", &to_a, 1_000).is_empty(),
-            "expired"
-        );
-        assert!(
-            grants.matching(&class, "email", &to_b, 0).is_empty(),
-            "narrowed"
-        );
-        assert!(
-            grants.matching(&class, "other", &to_a, 0).is_empty(),
-            "route"
-        );
+        let at = ("email", "/mail/send");
+        assert_eq!(grants.matching(&class, at, &to_a, 999).len(), 1);
+        let none = |at, args, now| grants.matching(&class, at, args, now).is_empty();
+        assert!(none(at, &to_a, 1_000), "expired");
+        assert!(none(at, &to_b, 0), "narrowed");
+        assert!(none(("other", "/mail/send"), &to_a, 0), "another route");
+        assert!(none(("email", "/mail/delete"), &to_a, 0), "another path");
         let other_agent = ActionClass::new("bot2", "send_email", "POST", &to_a);
-        assert!(grants.matching(&other_agent, "email", &to_a, 0).is_empty());
+        assert!(grants.matching(&other_agent, at, &to_a, 0).is_empty());
         let other_shape =
             ActionClass::new("bot", "send_email", "POST", &args(json!({"to": "a@x.com"})));
-        assert!(grants.matching(&other_shape, "email", &to_a, 0).is_empty());
+        assert!(grants.matching(&other_shape, at, &to_a, 0).is_empty());
 
         assert_eq!(grants.prune(999), 1);
         grants.remove(&class.fingerprint(), "g1");
-        assert!(
-            grants.matching(&class, "email", &to_a, 0).is_empty(),
-            "removed"
-        );
+        assert!(grants.matching(&class, at, &to_a, 0).is_empty(), "removed");
         grants.insert(grant("g2", &class, json!({}), 10));
         assert_eq!(grants.prune(10), 0, "expired grants are forgotten");
     }

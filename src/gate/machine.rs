@@ -97,7 +97,7 @@ impl Transition {
                 "grant",
                 &g.id,
                 json!({
-                    "approval": g.approval, "agent": g.agent, "route": g.route, "tool": g.tool,
+                    "approval": g.approval, "agent": g.agent, "route": g.route, "path": g.path, "tool": g.tool,
                     "class": g.class, "shape": g.shape, "narrow": g.narrow, "risk": g.risk,
                     "granted_by": g.granted_by, "expires_at_ms": g.expires_at,
                 }),
@@ -454,6 +454,7 @@ fn granted(a: &Approval, now: i64) -> Option<Grant> {
         approval: a.id.clone(),
         agent: a.agent.clone(),
         route: a.route.clone(),
+        path: a.path.clone(),
         tool: a.tool.clone(),
         class: a.class.clone(),
         shape: a.class_shape.clone(),

@@ -122,6 +122,8 @@ pub struct Grant {
     pub agent: String,
     /// Route.
     pub route: String,
+    /// The decoded path it covers (the class does not include the path).
+    pub path: String,
     /// Tool.
     pub tool: String,
     /// Action class fingerprint (agent, tool, method, argument shape).

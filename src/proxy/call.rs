@@ -65,7 +65,9 @@ pub(super) fn build<'r>(
         &route.config.class_args,
     );
     let stats = p.history.get(&class);
-    let grants = p.gate.grants_for(&class, &route.config.name, &args);
+    let grants = p
+        .gate
+        .grants_for(&class, (&route.config.name, &path), &args);
     let now = chrono::Utc::now();
     let facts = RequestFacts {
         method: parts.method.as_str(),
