@@ -70,6 +70,12 @@ impl AuditLog {
 /// search backs off by a margin; the caller still filters by time.
 fn start_of(store: &dyn crate::store::Store, since: &str) -> anyhow::Result<i64> {
     const MARGIN: i64 = 1000;
+    Ok((last_before(store, since)? - MARGIN).max(0))
+}
+
+/// The sequence number of the last record older than `since` (0: none),
+/// assuming times grow with sequence numbers.
+fn last_before(store: &dyn crate::store::Store, since: &str) -> anyhow::Result<i64> {
     let Some(head) = store.audit_head()? else {
         return Ok(0);
     };
@@ -82,7 +88,7 @@ fn start_of(store: &dyn crate::store::Store, since: &str) -> anyhow::Result<i64>
             _ => hi = mid,
         }
     }
-    Ok((lo - MARGIN).max(0))
+    Ok(lo)
 }
 
 /// Read records after `after` (sequence number), at or after `since`, about
@@ -115,4 +121,40 @@ pub fn records(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::Store;
+
+    #[test]
+    fn a_window_starts_where_its_first_record_is() {
+        let store = SqliteStore::memory(None).unwrap();
+        let events = |n: usize| -> Vec<Event> {
+            (0..n)
+                .map(|i| Event::new("bot", "decision", &i.to_string(), serde_json::json!({})))
+                .collect()
+        };
+        store.append_audit(&events(1500)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let since = chrono::Utc::now();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        store.append_audit(&events(700)).unwrap();
+        let s = since.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        assert_eq!(last_before(&store, &s).unwrap(), 1500);
+        assert_eq!(start_of(&store, &s).unwrap(), 500);
+        let window = records(&store, 0, usize::MAX, Some(since), None).unwrap();
+        assert_eq!((window.len(), window[0].seq), (700, 1501));
+        let early = chrono::Utc::now() - chrono::Duration::days(1);
+        assert_eq!(
+            records(&store, 0, usize::MAX, Some(early), None)
+                .unwrap()
+                .len(),
+            2200
+        );
+        let empty = SqliteStore::memory(None).unwrap();
+        assert_eq!(last_before(&empty, &s).unwrap(), 0);
+    }
 }
