@@ -54,6 +54,21 @@ async fn to_path(latch: &TestLatch, token: &str, path: &str, body: &str) -> Answ
     send(req).await
 }
 
+/// `POST …/approve` on approval `id` as `token` with `body`.
+async fn approve(latch: &TestLatch, id: &str, token: &str, body: &str) -> Answer {
+    let path = format!("/api/v1/approvals/{id}/approve");
+    admin(latch.admin(), "POST", &path, token, body).await
+}
+
+/// Assert that `/metrics` has every line of `lines`.
+async fn metrics_have(latch: &TestLatch, lines: &[&str]) {
+    let metrics = admin(latch.admin(), "GET", "/metrics", "alice-token", "").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for line in lines {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+}
+
 async fn decision_record(latch: &TestLatch, request_id: &str) -> Value {
     let path = format!("/api/v1/audit?subject={request_id}");
     let audit = admin(latch.admin(), "GET", &path, "alice-token", "").await;
@@ -147,16 +162,16 @@ async fn a_grant_lets_the_same_class_through_until_it_is_revoked() {
         table.contains(&grant_id) && table.contains("live"),
         "{table}"
     );
-    let metrics = admin(adm, "GET", "/metrics", "alice-token", "").await;
-    let text = String::from_utf8_lossy(&metrics.body);
-    for line in [
-        "latch_grant_events_total{event=\"created\"} 1",
-        "latch_grant_events_total{event=\"used\"} 1",
-        "latch_grants_active 1",
-        "latch_reviewer_decision_seconds_count{principal=\"alice\",risk=\"medium\"} 1",
-    ] {
-        assert!(text.contains(line), "{line}: {text}");
-    }
+    metrics_have(
+        &latch,
+        &[
+            "latch_grant_events_total{event=\"created\"} 1",
+            "latch_grant_events_total{event=\"used\"} 1",
+            "latch_grants_active 1",
+            "latch_reviewer_decision_seconds_count{principal=\"alice\",risk=\"medium\"} 1",
+        ],
+    )
+    .await;
     latch.restart().await;
     let adm = latch.admin();
     let after_restart = as_agent(&latch, AGENT_TOKEN, &email("bob@example.com", "")).await;
@@ -204,17 +219,16 @@ async fn a_grant_lets_the_same_class_through_until_it_is_revoked() {
     assert_eq!(echo["granted"], 2, "{echo}");
     assert_eq!(echo["denied"], 1, "{echo}");
     assert_eq!(echo["gated"], 7, "{echo}");
-    let metrics = admin(adm, "GET", "/metrics", "alice-token", "").await;
-    let text = String::from_utf8_lossy(&metrics.body);
-    assert!(
-        text.contains("latch_grant_events_total{event=\"revoked\"} 1"),
-        "{text}"
-    );
-    assert!(text.contains("latch_grants_active 0"), "{text}");
-    assert!(
-        text.contains("latch_grant_events_total{event=\"used\"} 1"),
-        "one use since the restart: {text}"
-    );
+    // Counters start again at a restart: one use since.
+    metrics_have(
+        &latch,
+        &[
+            "latch_grant_events_total{event=\"revoked\"} 1",
+            "latch_grant_events_total{event=\"used\"} 1",
+            "latch_grants_active 0",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -224,8 +238,6 @@ async fn bad_grants_get_clear_errors_and_change_nothing() {
     let adm = latch.admin();
     let first = as_agent(&latch, AGENT_TOKEN, &email("bob@example.com", "")).await;
     let id = first.json()["approval_id"].as_str().unwrap().to_string();
-    let approve = format!("/api/v1/approvals/{id}/approve");
-
     for (token, body, status, says) in [
         (
             "alice-token",
@@ -270,7 +282,7 @@ async fn bad_grants_get_clear_errors_and_change_nothing() {
             "none of the roles",
         ),
     ] {
-        let r = admin(adm, "POST", &approve, token, body).await;
+        let r = approve(&latch, &id, token, body).await;
         assert_eq!(r.status, status, "{body}: {:?}", r.body);
         assert!(
             r.json()["message"].as_str().unwrap().contains(says),
@@ -301,14 +313,7 @@ async fn bad_grants_get_clear_errors_and_change_nothing() {
     let reject = format!("/api/v1/approvals/{id}/reject");
     let r = admin(adm, "POST", &reject, "alice-token", r#"{"reason": "no"}"#).await;
     assert_eq!(r.status, 200);
-    let late = admin(
-        adm,
-        "POST",
-        &approve,
-        "alice-token",
-        r#"{"grant": {"ttl_s": 60}}"#,
-    )
-    .await;
+    let late = approve(&latch, &id, "alice-token", r#"{"grant": {"ttl_s": 60}}"#).await;
     assert_eq!(late.status, 409, "{:?}", late.body);
 
     for (method, path, token, status) in [
@@ -337,14 +342,7 @@ async fn grants_follow_the_policy_and_the_quorum() {
         .as_str()
         .unwrap()
         .to_string();
-    let r = admin(
-        adm,
-        "POST",
-        &format!("/api/v1/approvals/{id}/approve"),
-        "alice-token",
-        r#"{"grant": {"ttl_s": 60}}"#,
-    )
-    .await;
+    let r = approve(&latch, &id, "alice-token", r#"{"grant": {"ttl_s": 60}}"#).await;
     assert_eq!(r.status, 400, "{:?}", r.body);
     assert!(r.json()["message"]
         .as_str()
@@ -361,8 +359,7 @@ async fn grants_follow_the_policy_and_the_quorum() {
         ("alice-token", r#"{"grant": {"ttl_s": 600}}"#),
         ("dave-token", "{}"),
     ] {
-        let path = format!("/api/v1/approvals/{id}/approve");
-        assert_eq!(admin(adm, "POST", &path, token, body).await.status, 200);
+        assert_eq!(approve(&latch, &id, token, body).await.status, 200);
     }
     let done = wait_state(adm, &id, "executed").await;
     assert_eq!(done["grant_id"], Value::Null, "dave did not grant");
@@ -434,15 +431,7 @@ decision := {"action": "deny", "code": "inspected", "reasons": [json.marshal(inp
 
     let first = as_agent(&latch, AGENT_TOKEN, r#"{"mode": "go"}"#).await;
     let id = first.json()["approval_id"].as_str().unwrap().to_string();
-    let path = format!("/api/v1/approvals/{id}/approve");
-    let r = admin(
-        adm,
-        "POST",
-        &path,
-        "alice-token",
-        r#"{"grant": {"ttl_s": 300}}"#,
-    )
-    .await;
+    let r = approve(&latch, &id, "alice-token", r#"{"grant": {"ttl_s": 300}}"#).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     wait_state(adm, &id, "executed").await;
 
