@@ -46,7 +46,9 @@ default value := null
 
 value := data.latch.rules.value.info
 
-decision := {
+decision := data.latch.prompts.decision if {
+	input.action.tool == "latch.prompt.promote"
+} else := {
 	"action": "allow",
 	"risk": "low",
 	"code": "allowed",

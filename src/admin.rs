@@ -5,6 +5,7 @@
 
 mod api;
 pub mod error;
+mod prompts;
 pub mod routes;
 pub mod session;
 
@@ -51,6 +52,8 @@ pub struct Parts {
     pub history: Arc<History>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The prompt registry.
+    pub prompts: crate::prompts::Registry,
 }
 
 /// Cheap-to-clone handle to the admin listener's state.
@@ -92,7 +95,7 @@ pub async fn handle(admin: Admin, req: Request<Body>, conn: Arc<ConnInfo>) -> Re
         }
     };
     let public = match op {
-        Op::Api(op) => return api::handle(&admin, req, op, id.unwrap_or_default(), &conn).await,
+        Op::Api(op) => return api::handle(&admin, req, op, id, &conn).await,
         Op::Public(public) => public,
     };
     let answer = match public {

@@ -93,6 +93,14 @@ pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
         metrics: metrics.clone(),
         clock,
     });
+    let prompts = crate::prompts::Registry::new(crate::prompts::Parts {
+        store: store.clone(),
+        gate: gate.clone(),
+        policy: policy.clone(),
+        history: history.clone(),
+        audit: audit.clone(),
+        config: config.prompts.clone(),
+    });
     let proxy = Proxy::new(proxy::Parts {
         hold: config.proxy.hold,
         body_read_timeout: config.proxy.body_read_timeout,
@@ -104,6 +112,7 @@ pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
         history: history.clone(),
         audit,
         gate: gate.clone(),
+        prompts: prompts.clone(),
         metrics: metrics.clone(),
     });
     let admin = Admin::new(admin::Parts {
@@ -117,6 +126,7 @@ pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
         throttle,
         history: history.clone(),
         metrics,
+        prompts,
     });
     Ok(Handles {
         gate,

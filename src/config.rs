@@ -68,12 +68,32 @@ pub struct Config {
     pub log: LogConfig,
     /// Audit trail settings.
     pub audit: AuditConfig,
+    /// The prompt registry.
+    pub prompts: PromptsConfig,
     /// Built-in demo upstream, if configured.
     pub demo: Option<SocketAddr>,
     /// Agents and humans.
     pub principals: Vec<PrincipalConfig>,
     /// Routes, in file order.
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[prompts]`
+#[derive(Debug, Clone)]
+pub struct PromptsConfig {
+    /// Roles that may push versions and move unprotected labels.
+    pub editors: Vec<String>,
+    /// Labels whose moves the policy decides and the gate may hold.
+    pub protected_labels: Vec<String>,
+}
+
+impl Default for PromptsConfig {
+    fn default() -> PromptsConfig {
+        PromptsConfig {
+            editors: vec!["engineer".into(), "pm".into()],
+            protected_labels: vec!["production".into()],
+        }
+    }
 }
 
 /// `[audit]`

@@ -125,8 +125,23 @@ pub struct Parts {
 #[derive(Clone)]
 pub struct Gate(Arc<Shared>);
 
+/// What an approval releases when it is not a call to one of the routes:
+/// a prompt-label move, later an MCP `tools/call`. The gate knows only the
+/// approval's data; the executor, registered under a route name, acts on it
+/// once and says what to store as the answer.
+pub trait Executor: Send + Sync + 'static {
+    /// Carry out approved `a` (called at most once per approval).
+    fn execute<'a>(
+        &'a self,
+        a: &'a Approval,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<model::StoredResult, String>> + Send + 'a>,
+    >;
+}
+
 struct Shared {
     parts: Parts,
+    executors: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn Executor>>>,
     waiters: Waiters,
     grants: grants::Grants,
     events: broadcast::Sender<String>,
@@ -145,6 +160,7 @@ impl Gate {
     pub fn new(parts: Parts) -> Gate {
         Gate(Arc::new(Shared {
             parts,
+            executors: Default::default(),
             waiters: Waiters::default(),
             grants: grants::Grants::default(),
             events: broadcast::channel(1024).0,
@@ -163,6 +179,23 @@ impl Gate {
     /// Approval changes as JSON `{id, state, level}`, for live dashboards.
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
         self.0.events.subscribe()
+    }
+
+    /// Release approvals on route `route` through `e` instead of HTTP.
+    pub fn register_executor(&self, route: &str, e: Arc<dyn Executor>) {
+        let mut map = match self.0.executors.write() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.insert(route.to_string(), e);
+    }
+
+    fn executor(&self, route: &str) -> Option<Arc<dyn Executor>> {
+        let map = match self.0.executors.read() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.get(route).cloned()
     }
 
     /// Longest grant an approver may give, seconds (0: grants are off).

@@ -27,12 +27,14 @@
 //!   → app                        start-up: builds the handles, binds listeners
 //!     → proxy, admin, demo       the agents' data plane; the humans' API and dashboard
 //!       → server                 accept loop, TLS, client-certificate identity
+//!         → prompts              prompt registry: versions, labels, promotions through the gate
 //!         → gate                 approvals: Gate handle, pure state machine, execution, grants
 //!           → insights               automation rate, rubber-stamp signals, learned classes
 //!           → policy, upstream, history, audit, identity
 //!             → store, telemetry, tls
 //!               → config
-//!                 → gate::model, audit::chain          record types
+//!                 → gate::model, audit::chain,         record types
+//!                   prompts::model
 //!                   → digest, http_util, throttle,      leaves: import nothing of ours
 //!                     ticker, policy::decision, history::stats
 //! ```
@@ -43,6 +45,8 @@
 //! - [`gate`]: [`gate::Gate`] (propose, decide, cancel, expire, execute,
 //!   recover); the rules in [`gate::machine`] are pure functions of an
 //!   approval, an act and the time; [`gate::grants`]: time-boxed grants.
+//! - [`prompts`]: versioned prompts; protected labels move through the
+//!   policy and the gate (an [`gate::Executor`] moves them once approved).
 //! - [`insights`]: from the audit trail, the automation rate, reviewers and
 //!   classes that look rubber-stamped, and learned classes to propose.
 //! - [`policy`]: Rego load, compile (VM + interpreter), evaluate on
@@ -72,6 +76,7 @@ pub mod http_util;
 pub mod identity;
 pub mod insights;
 pub mod policy;
+pub mod prompts;
 pub mod proxy;
 pub mod server;
 pub mod store;

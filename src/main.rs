@@ -17,6 +17,9 @@ const USAGE: &str = "usage:
   latch insights [--min N] [--days D] [--fast-s S] [--write FILE] [--json] [--config FILE]
                                         automation rate, rubber-stamp signals, classes
                                         humans always approve; propose learned data
+  latch prompts push FILE [--name N] [-m MSG] | list | show N [--label L | --version V]
+                | diff N A B | promote N V --label L [--reason R] | rollback N --label L
+                | history N     [--json]  prompt registry (LATCH_ADMIN_URL, LATCH_TOKEN)
   latch grants list [--status live|all] | revoke ID [--reason R] [--json]
                                         time-boxed grants (LATCH_ADMIN_URL, LATCH_TOKEN)
   latch approvals list [--status S] | show ID | approve ID [--comment C] [--grant-s S [--grant-args a,b]]
@@ -72,6 +75,15 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
             "--code" => args.api.code = Some(raw.next().ok_or("--code needs text")?),
             "--body" => args.api.body = Some(raw.next().ok_or("--body needs a file")?.into()),
             "--json" => args.api.json = true,
+            "--name" => args.api.name = Some(raw.next().ok_or("--name needs a prompt name")?),
+            "-m" | "--message" => {
+                args.api.message = Some(raw.next().ok_or("--message needs text")?)
+            }
+            "--label" => args.api.label = Some(raw.next().ok_or("--label needs a label")?),
+            "--version" => {
+                let v = number(raw.next(), "--version")?;
+                args.api.version = Some(u32::try_from(v).map_err(|_| "--version is too large")?);
+            }
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with("--config=") => args.config = Some(s["--config=".len()..].into()),
             s if s.starts_with("--input=") => args.input = Some(s["--input=".len()..].into()),
@@ -123,6 +135,7 @@ fn main() -> ExitCode {
             rest.first().copied(),
             &args.api,
         )),
+        ["prompts", verb, rest @ ..] => admin_api(latch::client::prompts(verb, rest, &args.api)),
         ["grants", verb, rest @ ..] if rest.len() <= 1 => admin_api(latch::client::grants(
             verb,
             rest.first().copied(),

@@ -18,6 +18,7 @@ pub mod error;
 mod evaluate;
 mod forward;
 mod held;
+mod prompts;
 mod read;
 mod record;
 
@@ -60,6 +61,8 @@ pub struct Parts {
     pub audit: Arc<AuditLog>,
     /// The approval engine, for gated calls.
     pub gate: Gate,
+    /// The prompt registry (`/latch/v1/prompts/…`).
+    pub prompts: crate::prompts::Registry,
     /// Metrics.
     pub metrics: Metrics,
 }
@@ -175,6 +178,13 @@ async fn pipeline(
     let (agent, decoded_path) = admit::admit(p, &req, conn)?;
     ctx.agent = Some(agent.clone());
     // `/latch/…` belongs to Latch itself; no route may shadow it.
+    if path::under(&decoded_path, "/latch/v1/prompts") {
+        ctx.route = Some("latch.prompts".into());
+        ctx.outcome = "api";
+        return prompts::serve(p, req, &decoded_path)
+            .await
+            .map(Step::Answer);
+    }
     if path::under(&decoded_path, "/latch") {
         ctx.route = Some("latch".into());
         ctx.outcome = "api";

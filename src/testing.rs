@@ -328,7 +328,7 @@ impl TestLatch {
         std::fs::remove_file(dir.join("test.rego")).unwrap();
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
         std::fs::create_dir(dir.join("rules")).unwrap();
-        for f in ["latch.rego", "lib.rego", "data.json"] {
+        for f in ["latch.rego", "lib.rego", "prompts.rego", "data.json"] {
             std::fs::copy(shipped.join(f), dir.join(f)).unwrap();
         }
         for e in std::fs::read_dir(shipped.join("rules")).unwrap() {

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("admin", 70),
     ("demo", 70),
     ("server", 65),
+    ("prompts", 62),
     ("gate", 60),
     ("policy", 50),
     ("upstream", 50),
@@ -31,6 +32,8 @@ const LAYERS: &[(&str, u32)] = &[
     // Types shared downwards: they import only leaves.
     ("gate::model", 20),
     ("audit::chain", 20),
+    ("prompts::model", 20),
+    ("prompts::template", 25),
     // Leaves: they import nothing of Latch's.
     ("policy::decision", 10),
     ("history::stats", 10),

@@ -28,11 +28,17 @@ pub(super) async fn handle(
     admin: &Admin,
     req: Request<Body>,
     op: ApiOp,
-    id: String,
+    params: Vec<String>,
     conn: &ConnInfo,
 ) -> Response<Body> {
     let answer = match authenticate(admin, &req, conn.peer.ip()) {
-        Ok(human) => serve(admin, req, op, id, &human).await,
+        Ok(human) if super::prompts::serves(op) => {
+            super::prompts::serve(admin, req, op, &params, &human, conn).await
+        }
+        Ok(human) => {
+            let id = params.into_iter().next().unwrap_or_default();
+            serve(admin, req, op, id, &human).await
+        }
         Err(e) => Err(e),
     };
     answer.unwrap_or_else(AdminError::into_response)
@@ -98,6 +104,7 @@ async fn serve(
             Ok(ok(&grant_view(&g, admin.gate.now_ms())))
         }
         ApiOp::Insights => insights(admin, &query).await.map(|v| ok(&v)),
+        _ => Err(AdminError::NoEndpoint),
     }
 }
 
@@ -279,7 +286,7 @@ fn authenticate_unthrottled(
     Ok(p)
 }
 
-async fn read_json(admin: &Admin, req: Request<Body>) -> Result<Value, AdminError> {
+pub(super) async fn read_json(admin: &Admin, req: Request<Body>) -> Result<Value, AdminError> {
     let bytes = super::read_limited(admin, req, MAX_BODY).await?;
     if bytes.is_empty() {
         return Ok(json!({}));

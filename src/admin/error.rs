@@ -63,6 +63,9 @@ pub enum AdminError {
     /// The gate refused.
     #[error("{0}")]
     Gate(#[from] GateError),
+    /// The prompt registry refused.
+    #[error("{0}")]
+    Prompt(#[from] crate::prompts::PromptError),
     /// A policy reload was refused; the working set keeps deciding.
     #[error("{0}")]
     PolicyRejected(String),
@@ -72,6 +75,34 @@ pub enum AdminError {
     /// Latch itself failed; details are logged.
     #[error("{0}")]
     Internal(&'static str),
+}
+
+/// Status and code for a refusal of the gate.
+fn gate_status(g: &GateError) -> (StatusCode, &'static str) {
+    match g {
+        GateError::NotFound | GateError::GrantNotFound => (StatusCode::NOT_FOUND, "not_found"),
+        GateError::Closed(_) | GateError::GrantClosed(_) => (StatusCode::CONFLICT, "closed"),
+        GateError::BadGrant(_) => (StatusCode::BAD_REQUEST, "bad_grant"),
+        GateError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        GateError::AlreadyVoted(_) => (StatusCode::CONFLICT, "already_voted"),
+        GateError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        GateError::PolicyDenied { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "policy_denied"),
+        GateError::TooManyPending(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_pending"),
+        GateError::IdempotencyConflict => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_conflict")
+        }
+        GateError::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+        GateError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+    }
+}
+
+/// Status and code for a refusal of the prompt registry.
+fn prompt_status(p: &crate::prompts::PromptError) -> (StatusCode, &'static str) {
+    match (p, p.status_and_code()) {
+        (_, Some(s)) => s,
+        (crate::prompts::PromptError::Gate(g), None) => gate_status(g),
+        (_, None) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
 }
 
 impl AdminError {
@@ -91,32 +122,11 @@ impl AdminError {
             E::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             E::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             E::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            E::Gate(g) => match g {
-                GateError::NotFound | GateError::GrantNotFound => {
-                    (StatusCode::NOT_FOUND, "not_found")
-                }
-                GateError::Closed(_) | GateError::GrantClosed(_) => {
-                    (StatusCode::CONFLICT, "closed")
-                }
-                GateError::BadGrant(_) => (StatusCode::BAD_REQUEST, "bad_grant"),
-                GateError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-                GateError::AlreadyVoted(_) => (StatusCode::CONFLICT, "already_voted"),
-                GateError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-                GateError::PolicyDenied { .. } => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "policy_denied")
-                }
-                GateError::TooManyPending(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_pending"),
-                GateError::IdempotencyConflict => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_conflict")
-                }
-                GateError::AuditUnavailable => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable")
-                }
-                GateError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            },
+            E::Gate(g) => gate_status(g),
             E::PolicyRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "policy_rejected"),
             E::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            E::Prompt(p) => prompt_status(p),
         }
     }
 
@@ -133,7 +143,9 @@ impl AdminError {
     pub fn into_response(self) -> Response<Body> {
         let (status, code) = self.status_and_code();
         let message = match &self {
-            AdminError::Store(e) | AdminError::Gate(GateError::Store(e)) => {
+            AdminError::Store(e)
+            | AdminError::Gate(GateError::Store(e))
+            | AdminError::Prompt(crate::prompts::PromptError::Store(e)) => {
                 tracing::error!(error = %e, "store failure on the admin API");
                 "the store is unavailable; nothing changed".to_string()
             }

@@ -75,6 +75,22 @@ pub enum ApiOp {
     RevokeGrant,
     /// Automation rate and rubber-stamp signals.
     Insights,
+    /// Push a prompt version.
+    PushPrompt,
+    /// List prompts.
+    ListPrompts,
+    /// One prompt: labels, versions, history, pending promotions.
+    GetPrompt,
+    /// One prompt version.
+    GetPromptVersion,
+    /// Diff two versions.
+    DiffPrompt,
+    /// Attach an evaluation result to a version.
+    AddEvaluation,
+    /// Move a label (protected ones through the gate).
+    MoveLabel,
+    /// Move a label back to its previous version.
+    RollbackLabel,
 }
 
 /// One route.
@@ -97,7 +113,7 @@ pub struct Endpoint {
     pub ok: (u16, &'static str),
 }
 
-const DECIDE_ERRORS: &[u16] = &[401, 403, 404, 409, 422, 503];
+const DECIDE_ERRORS: &[u16] = &[400, 401, 403, 404, 409, 413, 422, 503];
 
 /// Every admin route.
 pub fn endpoints() -> Vec<Endpoint> {
@@ -344,6 +360,92 @@ pub fn endpoints() -> Vec<Endpoint> {
         ),
         e(
             Method::POST,
+            "/api/v1/prompts",
+            Op::Api(ApiOp::PushPrompt),
+            "Push a prompt version (editors); identical content is not a new version",
+            true,
+            &[],
+            Some(
+                r#"{"type": "object", "required": ["name", "template"], "properties": {"name": {"type": "string"}, "template": {"type": "string"}, "variables": {"type": "array", "items": {"type": "string"}}, "config": {}, "message": {"type": "string"}, "checks": {"type": "array"}}}"#,
+            ),
+            (201, "PromptVersion"),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/prompts",
+            Op::Api(ApiOp::ListPrompts),
+            "Prompts with their labels and latest version",
+            true,
+            &[],
+            None,
+            (200, "PromptList"),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/prompts/{id}",
+            Op::Api(ApiOp::GetPrompt),
+            "One prompt: labels, versions, label history, pending promotions",
+            true,
+            &[],
+            None,
+            (200, "Prompt"),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/prompts/{id}/versions/{version}",
+            Op::Api(ApiOp::GetPromptVersion),
+            "One version: template, variables, config, checks and evaluations",
+            true,
+            &[],
+            None,
+            (200, "PromptVersion"),
+        ),
+        e(
+            Method::POST,
+            "/api/v1/prompts/{id}/versions/{version}/evaluations",
+            Op::Api(ApiOp::AddEvaluation),
+            "Attach an evaluation result (e.g. from CI) to a version",
+            true,
+            &[],
+            Some(
+                r#"{"type": "object", "required": ["name", "passed"], "properties": {"name": {"type": "string"}, "score": {"type": "number"}, "passed": {"type": "boolean"}, "url": {"type": "string"}}}"#,
+            ),
+            (200, "PromptVersion"),
+        ),
+        e(
+            Method::GET,
+            "/api/v1/prompts/{id}/diff",
+            Op::Api(ApiOp::DiffPrompt),
+            "Line diff between two versions",
+            true,
+            &[("from", "version"), ("to", "version")],
+            None,
+            (200, "PromptDiff"),
+        ),
+        e(
+            Method::POST,
+            "/api/v1/prompts/{id}/labels/{label}",
+            Op::Api(ApiOp::MoveLabel),
+            "Point a label at a version: 200 moved; protected labels: 202 held for approval or 403 denied by the policy",
+            true,
+            &[],
+            Some(
+                r#"{"type": "object", "required": ["version"], "properties": {"version": {"type": "integer"}, "reason": {"type": "string"}}}"#,
+            ),
+            (200, "LabelMove"),
+        ),
+        e(
+            Method::POST,
+            "/api/v1/prompts/{id}/labels/{label}/rollback",
+            Op::Api(ApiOp::RollbackLabel),
+            "Point a label back at the version it held before its latest move",
+            true,
+            &[],
+            Some(r#"{"type": "object", "properties": {"reason": {"type": "string"}}}"#),
+            (200, "LabelMove"),
+        ),
+        e(
+            Method::POST,
             "/api/v1/policy/reload",
             Op::Api(ApiOp::ReloadPolicy),
             "Compile and test the policy directory; swap it in if it passes",
@@ -357,22 +459,28 @@ pub fn endpoints() -> Vec<Endpoint> {
 
 /// How a request matched the table.
 pub enum Resolved {
-    /// A route, with its `{id}` parameter if any.
-    Found(Op, Option<String>),
+    /// A route, with its path parameters in order (`{id}`, then e.g. `{label}`).
+    Found(Op, Vec<String>),
     /// The path exists with other methods.
     WrongMethod(Vec<Method>),
     /// No such path.
     NotFound,
 }
 
-fn matches(template: &str, path: &str) -> Option<Option<String>> {
-    let mut id = None;
+fn is_param(segment: &str) -> bool {
+    segment.starts_with('{') && segment.ends_with('}')
+}
+
+fn matches(template: &str, path: &str) -> Option<Vec<String>> {
+    let mut params = Vec::new();
     let mut t = template.split('/');
     let mut p = path.split('/');
     loop {
         match (t.next(), p.next()) {
-            (None, None) => return Some(id),
-            (Some("{id}"), Some(seg)) if !seg.is_empty() => id = Some(seg.to_string()),
+            (None, None) => return Some(params),
+            (Some(param), Some(seg)) if is_param(param) && !seg.is_empty() => {
+                params.push(seg.to_string())
+            }
             (Some(a), Some(b)) if a == b => {}
             _ => return None,
         }
@@ -383,9 +491,9 @@ fn matches(template: &str, path: &str) -> Option<Option<String>> {
 pub fn resolve(table: &[Endpoint], method: &Method, path: &str) -> Resolved {
     let mut allowed = Vec::new();
     for e in table {
-        if let Some(id) = matches(e.path, path) {
+        if let Some(params) = matches(e.path, path) {
             if e.method == *method {
-                return Resolved::Found(e.op, id);
+                return Resolved::Found(e.op, params);
             }
             allowed.push(e.method.clone());
         }
@@ -441,6 +549,17 @@ fn schemas() -> Value {
         "Insights": {"type": "object", "properties": {"window_days": {"type": "integer"},
                      "automation": {"type": "object"}, "reviewers": {"type": "array"},
                      "rubber_stamped_classes": {"type": "array"}, "truncated": {"type": "boolean"}}},
+        "PromptVersion": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "integer"},
+            "template": {"type": "string"}, "variables": {"type": "array"}, "config": {}, "author": {"type": "string"},
+            "sha256": {"type": "string"}, "checks": {"type": "array"}, "check_results": {"type": "array"},
+            "evaluations": {"type": "array"}, "created": {"type": "boolean"}}},
+        "PromptList": {"type": "object", "properties": {"prompts": {"type": "array"}}},
+        "Prompt": {"type": "object", "properties": {"name": {"type": "string"}, "labels": {"type": "object"},
+            "versions": {"type": "array"}, "history": {"type": "array"}, "pending": {"type": "array"}}},
+        "PromptDiff": {"type": "object", "properties": {"added": {"type": "integer"}, "removed": {"type": "integer"},
+            "lines": {"type": "array", "items": {"type": "string"}}}},
+        "LabelMove": {"type": "object", "properties": {"status": {"enum": ["moved", "pending"]},
+            "moved": {"type": "object"}, "approval_id": {"type": "string"}}},
         "Reloaded": {"type": "object", "properties": {"status": {"type": "string"}, "hash": {"type": "string"}}},
         "Html": {"type": "string"},
         "Empty": {"type": "string"},
@@ -456,9 +575,10 @@ pub fn openapi(table: &[Endpoint]) -> Value {
     let mut paths = Map::new();
     for e in table {
         let mut params = Vec::new();
-        if e.path.contains("{id}") {
+        for p in e.path.split('/').filter(|s| is_param(s)) {
+            let name = &p[1..p.len() - 1];
             params.push(
-                json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}),
+                json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}),
             );
         }
         for (name, description) in e.query {
@@ -531,7 +651,11 @@ mod tests {
     fn templates_match_one_segment() {
         assert_eq!(
             matches("/api/v1/approvals/{id}", "/api/v1/approvals/abc"),
-            Some(Some("abc".into()))
+            Some(vec!["abc".to_string()])
+        );
+        assert_eq!(
+            matches("/p/{id}/labels/{label}", "/p/reply/labels/production"),
+            Some(vec!["reply".to_string(), "production".to_string()])
         );
         assert_eq!(
             matches("/api/v1/approvals/{id}", "/api/v1/approvals/"),
@@ -541,7 +665,7 @@ mod tests {
             matches("/api/v1/approvals/{id}", "/api/v1/approvals/a/b"),
             None
         );
-        assert_eq!(matches("/healthz", "/healthz"), Some(None));
+        assert_eq!(matches("/healthz", "/healthz"), Some(vec![]));
     }
 
     #[test]
@@ -549,7 +673,7 @@ mod tests {
         let t = endpoints();
         assert!(matches!(
             resolve(&t, &Method::GET, "/api/v1/approvals/x"),
-            Resolved::Found(Op::Api(ApiOp::GetApproval), Some(_))
+            Resolved::Found(Op::Api(ApiOp::GetApproval), _)
         ));
         assert!(matches!(
             resolve(&t, &Method::DELETE, "/api/v1/approvals/x"),

@@ -33,6 +33,9 @@ pub struct RawConfig {
     /// The audit trail.
     #[serde(default)]
     pub audit: RawAudit,
+    /// The prompt registry.
+    #[serde(default)]
+    pub prompts: RawPrompts,
     /// The built-in demo tool upstream (for the README demo and tests).
     pub demo: Option<RawDemo>,
     /// Agents and humans.
@@ -135,6 +138,16 @@ pub struct RawGate {
     pub max_pending_per_agent: Option<Spanned<u64>>,
     /// Longest grant an approver may give, seconds (0 turns grants off).
     pub max_grant_s: Option<Spanned<u64>>,
+}
+
+/// `[prompts]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrompts {
+    /// Roles that may push new versions (and move unprotected labels).
+    pub editors: Option<Vec<String>>,
+    /// Labels whose moves go through the policy and the gate.
+    pub protected_labels: Option<Vec<String>>,
 }
 
 /// `[audit]`

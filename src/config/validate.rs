@@ -328,6 +328,13 @@ impl Validator<'_> {
             },
             log,
             audit,
+            prompts: {
+                let d = PromptsConfig::default();
+                PromptsConfig {
+                    editors: raw.prompts.editors.unwrap_or(d.editors),
+                    protected_labels: raw.prompts.protected_labels.unwrap_or(d.protected_labels),
+                }
+            },
             demo,
             principals,
             routes,

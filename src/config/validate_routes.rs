@@ -129,6 +129,12 @@ impl Validator<'_> {
                     &format!("{key}.name"),
                     format!("`{}` must be unique and not empty", r.name),
                 );
+            } else if r.name.starts_with("latch.") {
+                self.error(
+                    Some(span.clone()),
+                    &format!("{key}.name"),
+                    format!("`{}`: names starting with `latch.` are Latch's own", r.name),
+                );
             }
             let prefix = r.prefix.get_ref().trim_end_matches('/').to_string();
             if !r.prefix.get_ref().starts_with('/')

@@ -104,6 +104,9 @@ impl Gate {
     }
 
     async fn send(&self, a: &Approval) -> Result<StoredResult, String> {
+        if let Some(e) = self.executor(&a.route) {
+            return e.execute(a).await;
+        }
         let route = self
             .parts()
             .routes

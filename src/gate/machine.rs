@@ -355,6 +355,12 @@ fn check_independent(
             "self-approval is not allowed: you made this request".into(),
         ));
     }
+    if a.excluded.contains(&actor.id) {
+        return Err(GateError::Forbidden(format!(
+            "{} may not decide this request: they wrote what it releases",
+            actor.id
+        )));
+    }
     let owns = directory
         .get(&a.agent)
         .is_some_and(|p| p.owners.contains(&actor.id));
@@ -537,6 +543,7 @@ mod tests {
             class: "00112233445566778899aabbccddeeff".into(),
             class_shape: "POST {amount:#,to:s}".into(),
             grant_id: None,
+            excluded: vec![],
         }
     }
 

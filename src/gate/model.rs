@@ -251,6 +251,10 @@ pub struct Approval {
     /// The grant its approval created, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
+    /// Principals who may not decide it besides the agent and its owners
+    /// (e.g. the author of a prompt version up for promotion).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
 }
 
 impl Approval {

@@ -54,6 +54,8 @@ pub struct Proposal<'a> {
     /// `Prefer: respond-async`): without a key nobody else could collect
     /// the result, so the approval is cancelled if the caller goes away.
     pub waits: bool,
+    /// Who else may not decide it (see [`Approval::excluded`]).
+    pub excluded: Vec<String>,
 }
 
 /// A stored proposal. Dropping it while it is armed (a waiting caller with
@@ -154,6 +156,7 @@ impl Gate {
             class: p.class.fingerprint(),
             class_shape: p.class.shape.clone(),
             grant_id: None,
+            excluded: p.excluded,
             decision: p.decision,
         };
         let event = Event::new(

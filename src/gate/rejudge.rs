@@ -17,6 +17,12 @@ use crate::policy::{Action, Decision};
 impl Gate {
     /// The route `a` was proposed on.
     pub(super) fn route_of(&self, a: &Approval) -> Result<&crate::upstream::Route, GateError> {
+        if self.executor(&a.route).is_some() {
+            return Err(GateError::Invalid(format!(
+                "this request releases a {} action, not an HTTP call: it can be approved or rejected, not modified",
+                a.tool
+            )));
+        }
         self.parts()
             .routes
             .iter()

@@ -15,6 +15,9 @@ use crate::upstream::SendError;
 /// A call Latch answers itself with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The prompt registry refused (unknown prompt or label, a missing variable).
+    #[error("{0}")]
+    Prompt(#[from] crate::prompts::PromptError),
     /// Ambiguous or malformed path.
     #[error("{0}")]
     BadPath(#[from] PathError),
@@ -85,6 +88,9 @@ impl ProxyError {
     /// Status and the `latch-error` code.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
+            ProxyError::Prompt(p) => p
+                .status_and_code()
+                .unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, "internal")),
             ProxyError::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_path"),
             ProxyError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ProxyError::BadMethod => (StatusCode::BAD_REQUEST, "bad_method"),

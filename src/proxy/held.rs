@@ -69,6 +69,7 @@ pub(super) async fn hold(
         tls: conn.tls,
         idempotency_key,
         waits: !prefer_async,
+        excluded: Vec::new(),
     };
     let mut held = r.proxy.gate.propose(proposal).await?;
     if prefer_async {

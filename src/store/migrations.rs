@@ -71,4 +71,26 @@ pub const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX grants_created ON grants(created_at, id);
      CREATE INDEX grants_live ON grants(expires_at) WHERE revoked_at IS NULL;",
+    "CREATE TABLE prompt_versions (
+        name       TEXT NOT NULL,
+        version    INTEGER NOT NULL,
+        sha256     TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        data       TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+     );
+     CREATE UNIQUE INDEX prompt_versions_sha ON prompt_versions(name, sha256);
+     CREATE TABLE prompt_labels (
+        name    TEXT NOT NULL,
+        label   TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (name, label)
+     );
+     CREATE TABLE prompt_label_moves (
+        seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+        name  TEXT NOT NULL,
+        label TEXT NOT NULL,
+        at    INTEGER NOT NULL,
+        data  TEXT NOT NULL
+     );",
 ];

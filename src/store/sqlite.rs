@@ -131,6 +131,24 @@ impl SqliteStore {
     fn conn(&self) -> anyhow::Result<ConnGuard<'_>> {
         Ok(ConnGuard(self.db()?))
     }
+
+    /// Run `body` in one synced transaction with the audit events it
+    /// returns appended to the chain.
+    fn with_audit<T>(
+        &self,
+        body: impl FnOnce(&rusqlite::Transaction<'_>) -> anyhow::Result<(T, Vec<Event>)>,
+    ) -> anyhow::Result<T> {
+        let mut db = self.db()?;
+        let Db { conn, tail } = &mut *db;
+        let tx = conn.transaction()?;
+        let (out, events) = body(&tx)?;
+        let records = append(&tx, tail, &events, self.key.as_ref())?;
+        tx.commit()?;
+        if let Some(last) = records.last() {
+            *tail = (last.seq, last.hash.clone());
+        }
+        Ok(out)
+    }
 }
 
 struct ConnGuard<'a>(std::sync::MutexGuard<'a, Db>);
@@ -621,5 +639,6 @@ fn row_to_grant(r: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
     })
 }
 
+mod prompts;
 #[cfg(test)]
 mod tests;
