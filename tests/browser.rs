@@ -144,10 +144,20 @@ impl Driver {
         panic!("{css} never appeared");
     }
 
+    /// Click `css`, finding it again if live updates replaced it between
+    /// the find and the click (a stale element).
     async fn click(&self, css: &str) {
-        let e = self.wait(css).await;
-        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})))
-            .await;
+        for _ in 0..50 {
+            let e = self.wait(css).await;
+            let r = self
+                .cmd("POST", &format!("/element/{e}/click"), Some(json!({})))
+                .await;
+            if r.get("error").is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{css} could not be clicked");
     }
 
     async fn type_into(&self, css: &str, text: &str) {
@@ -240,6 +250,34 @@ async fn pending_card(d: &Driver, not: &[String]) -> String {
     panic!("no held call appeared on the dashboard");
 }
 
+/// Log in as `who` (token `<who>-token`) and wait for the page to say so.
+async fn login(d: &Driver, dashboard: &str, who: &str) {
+    d.go(dashboard).await;
+    d.type_into("#token", &format!("{who}-token")).await;
+    d.click("#login-button").await;
+    d.wait("#whoami").await;
+    for _ in 0..100 {
+        if d.text("#whoami").await.contains(who) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(d.text("#whoami").await.contains(who));
+}
+
+/// Wait (10 s at most) until the text of `css` contains `needle`.
+async fn wait_text(d: &Driver, css: &str, needle: &str) -> String {
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = d.text(css).await;
+        if text.contains(needle) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{css} never said {needle:?}: {text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reviewers_decide_held_calls_in_a_real_browser() {
     let Some(d) = Driver::start().await else {
@@ -249,18 +287,7 @@ async fn reviewers_decide_held_calls_in_a_real_browser() {
     let latch = TestLatch::start(&up.url()).await;
     let dashboard = format!("http://{}/", latch.admin());
 
-    // Log in.
-    d.go(&dashboard).await;
-    d.type_into("#token", "alice-token").await;
-    d.click("#login-button").await;
-    d.wait("#whoami").await;
-    for _ in 0..100 {
-        if d.text("#whoami").await.contains("alice") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(d.text("#whoami").await.contains("alice"));
+    login(&d, &dashboard, "alice").await;
 
     // A held call appears without a reload; approving releases it with the upstream's answer.
     const LEAD: &str = r#"{"gate": true, "to": "bob@example.com", "approval": {"require": [{"role": "lead", "count": 1}]}}"#;
@@ -536,4 +563,116 @@ async fn the_dashboard_is_self_contained_and_locked_down() {
         .next()
         .unwrap();
     assert!(html.contains(&format!("<script nonce=\"{nonce}\">")));
+}
+
+/// Open the `reply` prompt until its labels say `labels` (live updates
+/// re-render the list, so a click can land on a card just replaced).
+async fn open_prompt(d: &Driver, labels: &str) {
+    for _ in 0..50 {
+        d.click(".prompt[data-name=\"reply\"]").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(e) = d.find("#prompt-labels").await {
+            let text = d.cmd("GET", &format!("/element/{e}/text"), None).await;
+            if text.as_str().is_some_and(|t| t.contains(labels)) {
+                return;
+            }
+        }
+    }
+    panic!("the prompt never showed {labels:?}");
+}
+
+/// The Prompts view: versions with their checks, a diff between any two,
+/// the label history, and a pending promotion that opens as an approval
+/// showing what would change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviewers_review_prompt_promotions_in_a_real_browser() {
+    let Some(d) = Driver::start().await else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let latch = TestLatch::start_shipped(&up.url(), PROMPT_PEOPLE).await;
+    let adm = latch.admin();
+    let push = |token: &'static str, template: &'static str| async move {
+        let body = json!({"name": "reply", "template": template, "variables": ["customer"],
+                          "checks": [{"name": "greets", "vars": {"customer": "Ann"}, "expect": {"contains": ["Dear Ann"]}}]});
+        let r = admin(adm, "POST", "/api/v1/prompts", token, &body.to_string()).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    };
+    push("paula-token", "Dear {{customer}},\nwe are on it.").await;
+    push(
+        "ed-token",
+        "Dear {{customer}},\nwe are on it and will write within a day.",
+    )
+    .await;
+    let staging = admin(
+        adm,
+        "POST",
+        "/api/v1/prompts/reply/labels/staging",
+        "paula-token",
+        r#"{"version": 1}"#,
+    )
+    .await;
+    assert_eq!(staging.status, 200, "{:?}", staging.body);
+    let held = admin(
+        adm,
+        "POST",
+        "/api/v1/prompts/reply/labels/production",
+        "paula-token",
+        r#"{"version": 2}"#,
+    )
+    .await;
+    assert_eq!(held.status, 202, "{:?}", held.body);
+    let approval = held.json()["approval_id"].as_str().unwrap().to_string();
+
+    let dashboard = format!("http://{adm}/");
+    login(&d, &dashboard, "sam").await;
+    d.click("#tab-prompts").await;
+    open_prompt(&d, "staging → v1").await;
+    let versions = d.text("#prompt-versions").await;
+    assert!(
+        versions.contains("v2") && versions.contains("ed"),
+        "{versions}"
+    );
+    assert!(d.text("#prompt-checks").await.contains("greets: passed"));
+    assert!(d
+        .text("#prompt-history")
+        .await
+        .contains("staging – → v1 by paula"));
+
+    // Any two versions side by side.
+    d.script(
+        "document.getElementById('diff-from').value = '1';",
+        json!([]),
+    )
+    .await;
+    d.click("#diff-show").await;
+    let diff = wait_text(&d, "#prompt-diff", "+1 −1 lines").await;
+    assert!(
+        diff.contains("+ we are on it and will write within a day."),
+        "{diff}"
+    );
+    assert!(diff.contains("- we are on it."), "{diff}");
+
+    // The pending promotion opens as an approval with the new text shown.
+    d.click(&format!(".pending-promotion[data-id=\"{approval}\"]"))
+        .await;
+    let shown = wait_text(&d, "#promotion-diff", "New on production: v2").await;
+    assert!(
+        shown.contains("+ we are on it and will write within a day."),
+        "{shown}"
+    );
+    assert!(
+        d.find("#modify-details").await.is_none(),
+        "a promotion is not modified"
+    );
+    d.click("#approve").await;
+    wait_text(&d, "#detail", "signed: sam").await;
+    for token in ["sofia-token", "emma-token"] {
+        let path = format!("/api/v1/approvals/{approval}/approve");
+        assert_eq!(admin(adm, "POST", &path, token, "{}").await.status, 200);
+    }
+    wait_state(adm, &approval, "executed").await;
+    d.click("#tab-prompts").await;
+    open_prompt(&d, "production → v2").await;
+    d.quit().await;
 }

@@ -14,33 +14,6 @@ use serde_json::{json, Value};
 
 use common::*;
 
-const PEOPLE: &str = r#"
-[[principals]]
-id = "paula"
-roles = ["pm"]
-token = "paula-token"
-
-[[principals]]
-id = "sam"
-roles = ["support"]
-token = "sam-token"
-
-[[principals]]
-id = "sofia"
-roles = ["safety"]
-token = "sofia-token"
-
-[[principals]]
-id = "ed"
-roles = ["engineer"]
-token = "ed-token"
-
-[[principals]]
-id = "emma"
-roles = ["engineer"]
-token = "emma-token"
-"#;
-
 const V1: &str = r#"---
 variables = ["customer", "issue"]
 message = "first draft"
@@ -133,7 +106,7 @@ async fn sign(latch: &TestLatch, id: &str, token: &str) -> Answer {
 #[tokio::test]
 async fn a_prompt_reaches_production_only_through_three_reviewers_and_rolls_back() {
     let up = Upstream::start().await;
-    let latch = TestLatch::start_shipped(&up.url(), PEOPLE).await;
+    let latch = TestLatch::start_shipped(&up.url(), PROMPT_PEOPLE).await;
 
     // The product manager pushes v1; pushing it again is not a new version.
     let v1 = write(&latch, "reply.prompt", V1);
@@ -376,7 +349,7 @@ async fn a_prompt_reaches_production_only_through_three_reviewers_and_rolls_back
 #[tokio::test]
 async fn bad_prompt_requests_are_refused_and_change_nothing() {
     let up = Upstream::start().await;
-    let latch = TestLatch::start_shipped(&up.url(), PEOPLE).await;
+    let latch = TestLatch::start_shipped(&up.url(), PROMPT_PEOPLE).await;
     let push = |token: &'static str, body: Value| {
         let adm = latch.admin();
         async move { admin(adm, "POST", "/api/v1/prompts", token, &body.to_string()).await }

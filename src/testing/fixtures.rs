@@ -41,6 +41,35 @@ slow := count([1 | some a in numbers.range(1, 5000); some b in numbers.range(1, 
 decision := {"action": "allow", "n": to_number(input.action.args.n), "slow": slow}
 "#;
 
+/// The prompt registry's people, to append to [`config_text`]: paula (pm,
+/// an editor), sam (support), sofia (safety), ed and emma (engineers).
+pub const PROMPT_PEOPLE: &str = r#"
+[[principals]]
+id = "paula"
+roles = ["pm"]
+token = "paula-token"
+
+[[principals]]
+id = "sam"
+roles = ["support"]
+token = "sam-token"
+
+[[principals]]
+id = "sofia"
+roles = ["safety"]
+token = "sofia-token"
+
+[[principals]]
+id = "ed"
+roles = ["engineer"]
+token = "ed-token"
+
+[[principals]]
+id = "emma"
+roles = ["engineer"]
+token = "emma-token"
+"#;
+
 /// Config text with `{upstream}` and `{dir}` substituted.
 pub fn config_text(upstream: &str, extra: &str) -> String {
     format!(
