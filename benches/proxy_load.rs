@@ -6,6 +6,9 @@
 //! `LOAD_SECS` (per phase, default 5), `LOAD_RATE` (fixed-rate phase,
 //! default 1000 req/s), `LOAD_ROUNDS` (fixed-rate rounds, default 3, medians
 //! reported), `LOAD_CONNS` (closed-loop phase, default 32).
+//!
+//! Then prompt fetches (`GET /latch/v1/prompts/<name>?label=…` on the proxy
+//! listener, the registry's memory cache) in the same closed loop.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -38,7 +41,7 @@ fn start_upstream() -> SocketAddr {
     fixed_upstream(br#"{"results":["a","b"]}"#)
 }
 
-fn start_latch(dir: &Path, upstream: SocketAddr) -> (Proc, SocketAddr) {
+fn start_latch(dir: &Path, upstream: SocketAddr) -> (Proc, SocketAddr, SocketAddr) {
     let port = free_port();
     let admin = free_port();
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
@@ -58,6 +61,10 @@ format = "json"
 id = "bench-bot"
 roles = ["agent"]
 token = "bench-token"
+[[principals]]
+id = "bench-editor"
+roles = ["engineer"]
+token = "editor-token"
 [[routes]]
 name = "search"
 prefix = "/tools/search"
@@ -79,9 +86,48 @@ inject_headers = {{ authorization = "Bearer upstream-key" }}
         .spawn()
         .expect("start latch");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
     let proc = Proc(child);
     wait_for(addr);
-    (proc, addr)
+    wait_for(admin);
+    (proc, addr, admin)
+}
+
+/// One admin API call over a plain HTTP/1.1 connection; the status code.
+fn admin_post(admin: SocketAddr, path: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("connect admin");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: latch\r\nauthorization: Bearer editor-token\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A prompt with a label that moves at once (not protected), to fetch.
+fn publish_prompt(admin: SocketAddr) {
+    let template = "You draft replies to customers. Be brief and kind.\\n\\nCustomer: {{customer}}\\nIssue: {{issue}}";
+    let push = format!(
+        r#"{{"name": "reply", "template": "{template}", "variables": ["customer", "issue"], "config": {{"model": "m", "temperature": 0.2}}}}"#
+    );
+    assert_eq!(
+        admin_post(admin, "/api/v1/prompts", &push),
+        201,
+        "push a prompt"
+    );
+    let moved = admin_post(
+        admin,
+        "/api/v1/prompts/reply/labels/bench",
+        r#"{"version": 1}"#,
+    );
+    assert_eq!(moved, 200, "label the prompt");
 }
 
 fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<(Proc, SocketAddr)> {
@@ -235,7 +281,8 @@ fn main() {
     let rounds_n = env_u64("LOAD_ROUNDS", 3).max(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let upstream = start_upstream();
-    let (_latch, latch_addr) = start_latch(dir.path(), upstream);
+    let (_latch, latch_addr, admin_addr) = start_latch(dir.path(), upstream);
+    publish_prompt(admin_addr);
     let nginx = start_nginx(dir.path(), upstream);
 
     let mut targets = vec![
@@ -322,4 +369,18 @@ fn main() {
     if let (Some(n), Some(l)) = (find(&closed, "nginx"), find(&closed, "latch")) {
         println!("closed loop: Latch/nginx throughput ratio {:.2}", l.0 / n.0);
     }
+
+    // Prompt fetches: served from the registry's cache on the proxy listener.
+    let prompt = format!("http://{latch_addr}/latch/v1/prompts/reply?label=bench");
+    rt.block_on(closed_loop(&prompt, 4, 1));
+    let r = rt.block_on(closed_loop(&prompt, conns, secs));
+    println!(
+        "conns={conns:<5} prompts  {:>9.0} {:>8.3} {:>8.3} {:>8}   (GET /latch/v1/prompts/reply)",
+        r.rps, r.p50_ms, r.p99_ms, r.errors
+    );
+    let r = rt.block_on(fixed_rate(&prompt, rate, secs));
+    println!(
+        "rate={rate:<6} prompts  {:>9.0} {:>8.3} {:>8.3} {:>8}",
+        r.rps, r.p50_ms, r.p99_ms, r.errors
+    );
 }
