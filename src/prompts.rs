@@ -562,6 +562,10 @@ impl Registry {
             )));
         }
         self.0.cache.forget(&m.name);
+        if m.rollback {
+            // Every emergency change is announced for review.
+            tracing::warn!(prompt = %m.name, label = %m.label, from = ?m.from, to = m.to, by = %m.by, "prompt rolled back");
+        }
         Ok(())
     }
 

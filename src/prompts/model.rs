@@ -104,11 +104,16 @@ pub struct PromptVersion {
 }
 
 impl PromptVersion {
-    /// Checks passed and failed (evaluations that failed count as failed).
+    /// Checks passed and failed; each evaluation counts by its latest
+    /// result (CI may run one again).
     pub fn check_counts(&self) -> (usize, usize) {
+        let mut latest: BTreeMap<&str, bool> = BTreeMap::new();
+        for e in &self.evaluations {
+            latest.insert(&e.name, e.passed);
+        }
         let passed = self.check_results.iter().filter(|c| c.passed).count()
-            + self.evaluations.iter().filter(|e| e.passed).count();
-        let total = self.check_results.len() + self.evaluations.len();
+            + latest.values().filter(|p| **p).count();
+        let total = self.check_results.len() + latest.len();
         (passed, total - passed)
     }
 }
@@ -133,4 +138,42 @@ pub struct LabelMove {
     pub rollback: bool,
     /// Unix milliseconds.
     pub at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_evaluation_counts_by_its_latest_result() {
+        let eval = |passed| Evaluation {
+            name: "tone".into(),
+            score: None,
+            passed,
+            url: None,
+            by: "ci".into(),
+            at: 0,
+        };
+        let mut v = PromptVersion {
+            name: "p".into(),
+            version: 1,
+            template: String::new(),
+            variables: vec![],
+            config: None,
+            message: None,
+            author: "a".into(),
+            sha256: String::new(),
+            checks: vec![],
+            check_results: vec![CheckResult {
+                name: "c".into(),
+                passed: true,
+                failures: vec![],
+            }],
+            evaluations: vec![eval(false)],
+            created_at: 0,
+        };
+        assert_eq!(v.check_counts(), (1, 1));
+        v.evaluations.push(eval(true));
+        assert_eq!(v.check_counts(), (2, 0));
+    }
 }
