@@ -273,10 +273,15 @@ pub async fn approvals(verb: &str, id: Option<&str>, o: &Options) -> anyhow::Res
         ))
         }
     };
+    output(o, &value, human)
+}
+
+/// The server's JSON with `--json`, else the human form of it.
+fn output(o: &Options, value: &Value, human: fn(&Value) -> String) -> anyhow::Result<String> {
     Ok(if o.json {
-        format!("{}\n", serde_json::to_string_pretty(&value)?)
+        format!("{}\n", serde_json::to_string_pretty(value)?)
     } else {
-        human(&value)
+        human(value)
     })
 }
 
@@ -335,11 +340,7 @@ pub async fn grants(verb: &str, id: Option<&str>, o: &Options) -> anyhow::Result
         }
         other => return Err(anyhow!("unknown grants command `{other}` (list, revoke)")),
     };
-    Ok(if o.json {
-        format!("{}\n", serde_json::to_string_pretty(&value)?)
-    } else {
-        human(&value)
-    })
+    output(o, &value, human)
 }
 
 /// A prompt file: optional TOML front matter between `---` lines
@@ -576,11 +577,7 @@ pub async fn prompts(verb: &str, args: &[&str], o: &Options) -> anyhow::Result<S
             ))
         }
     };
-    Ok(if o.json {
-        format!("{}\n", serde_json::to_string_pretty(&value)?)
-    } else {
-        human(&value)
-    })
+    output(o, &value, human)
 }
 
 fn read_json(path: &Path) -> anyhow::Result<Value> {
