@@ -254,6 +254,52 @@ pub fn audit_export(config: &Config, since: Option<&str>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `latch audit report [--since 7d] [--min N]`: the break-glass review —
+/// every override in the window with who, why, what it released and what
+/// became of it, and principals with at least `repeat` overrides flagged.
+pub fn audit_report(config: &Config, since: &str, repeat: u64, json: bool) -> anyhow::Result<()> {
+    let start =
+        crate::insights::break_glass::since(since, chrono::Utc::now()).ok_or_else(|| {
+            anyhow!("--since must be a window such as 7d, 24h or 90m, or an RFC 3339 time")
+        })?;
+    let store = crate::app::open_store(config)?;
+    let records = crate::audit::records(&*store, 0, usize::MAX, Some(start), None)?;
+    let r = crate::insights::break_glass::report(&records, repeat);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let list = r["overrides"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    println!("break-glass overrides since {since} ({}):", list.len());
+    for o in list {
+        let text = |k: &str| o[k].as_str().unwrap_or("-").to_string();
+        println!(
+            "  {} {} overrode {} ({} {} {} by agent {}, risk {}): {:?} → {}",
+            text("at"),
+            text("principal"),
+            text("approval"),
+            text("tool"),
+            text("method"),
+            text("path"),
+            text("agent"),
+            text("risk"),
+            text("reason"),
+            o["outcome"]["result"].as_str().unwrap_or("-")
+        );
+    }
+    for p in r["repeat_users"].as_array().into_iter().flatten() {
+        println!(
+            "! {} broke the glass {} times: review whether the policy or the on-call process needs to change",
+            p["principal"].as_str().unwrap_or("-"),
+            p["overrides"]
+        );
+    }
+    Ok(())
+}
+
 /// What `latch insights` is asked for.
 #[derive(Debug, Clone)]
 pub struct InsightsOptions {

@@ -11,6 +11,7 @@
 //! ([`reviewers`]).
 
 pub mod automation;
+pub mod break_glass;
 pub mod reviewers;
 
 use std::collections::BTreeMap;

@@ -14,6 +14,8 @@ const USAGE: &str = "usage:
   latch audit verify [--config FILE]    recompute the audit hash chain
   latch audit export [--since RFC3339] [--config FILE]
                                         print audit records as JSON lines
+  latch audit report [--since 7d] [--min N] [--json] [--config FILE]
+                                        break-glass review: overrides, flags N+ per person
   latch insights [--min N] [--days D] [--fast-s S] [--write FILE] [--json] [--config FILE]
                                         automation rate, rubber-stamp signals, classes
                                         humans always approve; propose learned data
@@ -152,6 +154,15 @@ fn main() -> ExitCode {
                     write: args.write,
                     json: args.api.json,
                 },
+            )),
+        },
+        ["audit", "report"] => match cli::load_config(&cli::config_path(args.config)) {
+            Err(code) => code,
+            Ok(config) => report(cli::audit_report(
+                &config,
+                args.since.as_deref().unwrap_or("7d"),
+                args.min.unwrap_or(2),
+                args.api.json,
             )),
         },
         ["audit", "export"] => match cli::load_config(&cli::config_path(args.config)) {

@@ -155,3 +155,65 @@ async fn operators_script_every_decision() {
         err(&bad_token)
     );
 }
+
+/// The break-glass review lists every override with what it released and
+/// flags a principal who keeps breaking the glass.
+#[tokio::test]
+async fn audit_report_reviews_break_glass_use() {
+    let up = Upstream::start().await;
+    let latch = TestLatch::start(&up.url()).await;
+    for to in ["a@x", "b@x"] {
+        let id = gated(
+            &latch,
+            &format!(r#"{{"gate": true, "to": "{to}", {LEAD}}}"#),
+        )
+        .await;
+        let path = format!("/api/v1/approvals/{id}/override");
+        let r = admin(
+            latch.admin(),
+            "POST",
+            &path,
+            "olga-token",
+            r#"{"reason": "outage"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        wait_state(latch.admin(), &id, "executed").await;
+    }
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_latch"));
+        cmd.args(["audit", "report"])
+            .args(args)
+            .arg("--config")
+            .arg(latch.config_path())
+            .env("BOT_TOKEN", AGENT_TOKEN)
+            .env("UPSTREAM_KEY", "x");
+        cmd.output().unwrap()
+    };
+    let o = run(&["--since", "1d"]);
+    let text = out(&o);
+    assert!(o.status.success(), "{text}{}", err(&o));
+    assert!(
+        text.contains("break-glass overrides since 1d (2)"),
+        "{text}"
+    );
+    assert!(text.contains("olga overrode"), "{text}");
+    assert!(
+        text.contains(
+            "(echo POST /tools/echo/send by agent bot, risk high): \"outage\" → executed"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("! olga broke the glass 2 times"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&run(&["--min", "3", "--json"]).stdout).unwrap();
+    assert_eq!(json["repeat_users"], serde_json::json!([]));
+    assert_eq!(json["overrides"][1]["outcome"]["status"], 200);
+    let bad = run(&["--since", "soon"]);
+    assert!(!bad.status.success());
+    assert!(
+        err(&bad).contains("--since must be a window"),
+        "{}",
+        err(&bad)
+    );
+}
