@@ -46,6 +46,9 @@ use crate::telemetry::Metrics;
 use crate::upstream::Route;
 use waiters::Waiters;
 
+/// How often the queue-age gauge is refreshed from the store.
+const QUEUE_MEASURE_EVERY: Duration = Duration::from_secs(5);
+
 /// Why the gate refused a request.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
@@ -260,6 +263,11 @@ impl Gate {
         }
         if t.outcome == "overridden" {
             self.parts().metrics.overrides.inc();
+            self.parts()
+                .metrics
+                .break_glass_by
+                .with_label_values(&[t.event.actor.as_str()])
+                .inc();
             tracing::warn!(approval = %t.next.id, actor = %t.event.actor, reason = ?t.next.outcome, "break-glass override");
         }
         self.after_commit(before.state, &t.next);
@@ -397,6 +405,28 @@ impl Gate {
         }
     }
 
+    /// Publish the age of the oldest pending approval per risk (queue-age
+    /// and SLA alerts read it).
+    pub async fn measure_queue(&self) {
+        let store = self.parts().store.clone();
+        let oldest = match blocking(move || store.oldest_pending()).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the oldest pending approvals failed");
+                return;
+            }
+        };
+        let now = self.now_ms();
+        let gauge = &self.parts().metrics.oldest_pending;
+        for risk in ["low", "medium", "high", "critical"] {
+            let age = oldest
+                .iter()
+                .find(|(r, _)| r == risk)
+                .map_or(0.0, |(_, at)| (now - at).max(0) as f64 / 1000.0);
+            gauge.with_label_values(&[risk]).set(age);
+        }
+    }
+
     /// Apply deadlines that have passed.
     pub async fn expire_due(&self) {
         self.prune_grants();
@@ -423,8 +453,13 @@ impl Gate {
     /// Apply deadlines every `period` until `stop`.
     pub async fn run_deadlines(self, period: Duration, stop: tokio::sync::watch::Receiver<bool>) {
         let mut ticker = crate::ticker::Ticker::new(period, stop);
+        let mut measured = std::time::Instant::now() - QUEUE_MEASURE_EVERY;
         while ticker.next().await {
             self.expire_due().await;
+            if measured.elapsed() >= QUEUE_MEASURE_EVERY {
+                measured = std::time::Instant::now();
+                self.measure_queue().await;
+            }
         }
     }
 

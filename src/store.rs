@@ -154,6 +154,8 @@ pub trait Store: prompts::PromptStore + Send + Sync + 'static {
     fn list_approvals(&self, q: &ApprovalQuery) -> anyhow::Result<Vec<Approval>>;
     /// How many approvals match `state` and `agent` (all when `None`).
     fn count_approvals(&self, state: Option<State>, agent: Option<&str>) -> anyhow::Result<u64>;
+    /// The creation time (Unix ms) of the oldest pending approval per risk.
+    fn oldest_pending(&self) -> anyhow::Result<Vec<(String, i64)>>;
     /// Pending approvals whose deadline is at or before `now_ms`.
     fn due_approvals(&self, now_ms: i64) -> anyhow::Result<Vec<Approval>>;
     /// Replace an approval if its stored version is `expected_version`, with

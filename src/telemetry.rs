@@ -47,6 +47,10 @@ pub struct Metrics {
     pub grants_active: IntGauge,
     /// Time a reviewer took to decide, by reviewer and risk.
     pub reviewer_decision: HistogramVec,
+    /// Break-glass overrides by principal (repeat use wants a review).
+    pub break_glass_by: IntCounterVec,
+    /// Age of the oldest pending approval, by risk (0 when none).
+    pub oldest_pending: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -151,6 +155,25 @@ impl Metrics {
             ]),
             &["principal", "risk"],
         )?;
+        let break_glass_by = IntCounterVec::new(
+            Opts::new(
+                "latch_break_glass_uses_total",
+                "Break-glass overrides by the principal who broke the glass",
+            ),
+            &["principal"],
+        )?;
+        let oldest_pending = prometheus::GaugeVec::new(
+            Opts::new(
+                "latch_approval_oldest_pending_seconds",
+                "Age of the oldest approval still waiting for humans, by risk",
+            ),
+            &["risk"],
+        )?;
+        for risk in ["low", "medium", "high", "critical"] {
+            oldest_pending.with_label_values(&[risk]).set(0.0);
+        }
+        registry.register(Box::new(break_glass_by.clone()))?;
+        registry.register(Box::new(oldest_pending.clone()))?;
         registry.register(Box::new(grant_events.clone()))?;
         registry.register(Box::new(grants_active.clone()))?;
         registry.register(Box::new(reviewer_decision.clone()))?;
@@ -187,6 +210,8 @@ impl Metrics {
             grant_events,
             grants_active,
             reviewer_decision,
+            break_glass_by,
+            oldest_pending,
         })
     }
 

@@ -523,6 +523,21 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 
+    fn oldest_pending(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT json_extract(data, '$.decision.risk') AS risk, MIN(created_at)
+             FROM approvals WHERE state = 'pending' GROUP BY risk",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                r.get(1)?,
+            ))
+        })?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
     fn due_approvals(&self, now_ms: i64) -> anyhow::Result<Vec<Approval>> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(&format!(
