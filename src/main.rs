@@ -11,9 +11,10 @@ const USAGE: &str = "usage:
   latch policy test [DIR]               run case tables and test_* rules
   latch policy eval --input FILE [--config FILE]
                                         print the decision for one input
-  latch audit verify [--config FILE]    recompute the audit hash chain
-  latch audit export [--since RFC3339] [--config FILE]
-                                        print audit records as JSON lines
+  latch audit verify [--config FILE] [--file EXPORT]
+                                        recompute the audit hash chain (of the store, or of an export)
+  latch audit export [--since RFC3339] [--archive FILE.jsonl.gz] [--config FILE]
+                                        audit records as JSON lines (or a verifiable gzip archive)
   latch audit report [--since 7d] [--min N] [--json] [--config FILE]
                                         break-glass review: overrides, flags N+ per person
   latch insights [--min N] [--days D] [--fast-s S] [--write FILE] [--json] [--config FILE]
@@ -38,6 +39,8 @@ struct Args {
     days: Option<u64>,
     fast_s: Option<u64>,
     write: Option<PathBuf>,
+    archive: Option<PathBuf>,
+    file: Option<PathBuf>,
     api: latch::client::Options,
 }
 
@@ -51,6 +54,8 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
         days: None,
         fast_s: None,
         write: None,
+        archive: None,
+        file: None,
         api: Default::default(),
     };
     while let Some(a) = raw.next() {
@@ -71,6 +76,8 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
                 args.api.grant_args = list.split(',').map(|s| s.trim().to_string()).collect();
             }
             "--write" => args.write = Some(raw.next().ok_or("--write needs a file")?.into()),
+            "--archive" => args.archive = Some(raw.next().ok_or("--archive needs a file")?.into()),
+            "--file" => args.file = Some(raw.next().ok_or("--file needs a file")?.into()),
             "--status" => args.api.status = Some(raw.next().ok_or("--status needs a state")?),
             "--comment" => args.api.comment = Some(raw.next().ok_or("--comment needs text")?),
             "--reason" => args.api.reason = Some(raw.next().ok_or("--reason needs text")?),
@@ -128,9 +135,19 @@ fn main() -> ExitCode {
                 Ok(config) => report(cli::policy_eval(&config, &input)),
             },
         },
-        ["audit", "verify"] => match cli::load_config(&cli::config_path(args.config)) {
-            Err(code) => code,
-            Ok(config) => cli::audit_verify(&config),
+        ["audit", "verify"] => match (&args.file, &args.config) {
+            // An export stands alone; the config only lends the key.
+            (Some(file), None) if !std::path::Path::new("latch.toml").exists() => {
+                cli::audit_verify_file(None, file)
+            }
+            (Some(file), _) => match cli::load_config(&cli::config_path(args.config.clone())) {
+                Err(code) => code,
+                Ok(config) => cli::audit_verify_file(Some(&config), file),
+            },
+            (None, _) => match cli::load_config(&cli::config_path(args.config)) {
+                Err(code) => code,
+                Ok(config) => cli::audit_verify(&config),
+            },
         },
         ["approvals", verb, rest @ ..] if rest.len() <= 1 => admin_api(latch::client::approvals(
             verb,
@@ -167,7 +184,11 @@ fn main() -> ExitCode {
         },
         ["audit", "export"] => match cli::load_config(&cli::config_path(args.config)) {
             Err(code) => code,
-            Ok(config) => report(cli::audit_export(&config, args.since.as_deref())),
+            Ok(config) => report(cli::audit_export(
+                &config,
+                args.since.as_deref(),
+                args.archive.as_deref(),
+            )),
         },
         _ => {
             eprintln!("{USAGE}");

@@ -144,6 +144,65 @@ async fn pending_approvals_survive_kill_9_and_the_audit_chain_verifies() {
     );
     assert!(none.status.success() && none.stdout.is_empty());
 
+    // An archive an auditor can keep, checked on its own — whole, from a
+    // point in time, and caught when altered or cut short.
+    let archive = dir.path().join("audit.jsonl.gz");
+    let a = archive.to_str().unwrap();
+    assert!(run(dir.path(), &["audit", "export", "--archive", a])
+        .status
+        .success());
+    let v = run(dir.path(), &["audit", "verify", "--file", a]);
+    let said = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        said.starts_with("ok: 4 records after record 0"),
+        "{said}{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let since = lines[2]["ts"].as_str().unwrap();
+    let part = dir.path().join("part.jsonl.gz");
+    let p = part.to_str().unwrap();
+    assert!(run(
+        dir.path(),
+        &["audit", "export", "--since", since, "--archive", p]
+    )
+    .status
+    .success());
+    let v = run(dir.path(), &["audit", "verify", "--file", p]);
+    let said = String::from_utf8_lossy(&v.stdout);
+    assert!(said.starts_with("ok: 2 records after record 2"), "{said}");
+    let text = {
+        use std::io::Read;
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&archive).unwrap())
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    };
+    let forged = dir.path().join("forged.jsonl");
+    std::fs::write(&forged, text.replace("\"approve\"", "\"reject\"")).unwrap();
+    let v = run(
+        dir.path(),
+        &["audit", "verify", "--file", forged.to_str().unwrap()],
+    );
+    assert_eq!(v.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&v.stderr).contains("record 3: contents were altered"),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let short = dir.path().join("short.jsonl");
+    let kept: Vec<&str> = text.lines().take(4).collect();
+    std::fs::write(&short, kept.join("\n")).unwrap();
+    let v = run(
+        dir.path(),
+        &["audit", "verify", "--file", short.to_str().unwrap()],
+    );
+    assert!(
+        String::from_utf8_lossy(&v.stderr).contains("the header says 4 records, the file has 3"),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+
     // Tamper with one record, then remove another: verify names each.
     let db = rusqlite::Connection::open(dir.path().join("latch.db")).unwrap();
     let original: String = db

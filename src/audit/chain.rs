@@ -287,10 +287,41 @@ pub struct Verified {
     pub keyed_from: Option<i64>,
 }
 
+/// Where a verified stretch of the chain starts: the record before its
+/// first one (`seq` 0 and [`GENESIS`] for the whole chain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// Sequence number of the record before the first one checked.
+    pub seq: i64,
+    /// Its hash.
+    pub hash: String,
+}
+
+impl Anchor {
+    /// The start of every chain.
+    pub fn genesis() -> Anchor {
+        Anchor {
+            seq: 0,
+            hash: GENESIS.to_string(),
+        }
+    }
+}
+
 /// Verify the chain, and with `key` every MAC and the head: without a key
 /// this proves the records are consistent with each other; with it, that
 /// nobody without the key changed, added or removed any keyed record.
 pub fn verify_keyed<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
+    key: Option<&AuditKey>,
+    head: Option<&Head>,
+) -> Result<Verified, ChainError> {
+    verify_from(&Anchor::genesis(), records, key, head)
+}
+
+/// [`verify_keyed`] for a stretch of the chain that starts after `anchor`
+/// (e.g. an export made with `--since`).
+pub fn verify_from<'a>(
+    anchor: &Anchor,
     records: impl IntoIterator<Item = &'a Record>,
     key: Option<&AuditKey>,
     head: Option<&Head>,
@@ -316,8 +347,10 @@ pub fn verify_keyed<'a>(
         last = Some(r);
         count += 1;
     }
-    verify(all.iter().copied())?;
-    let (last_seq, last_hash) = last.map_or((0, GENESIS), |r| (r.seq, r.hash.as_str()));
+    chain_from(anchor, all.iter().copied())?;
+    let (last_seq, last_hash) = last.map_or((anchor.seq, anchor.hash.as_str()), |r| {
+        (r.seq, r.hash.as_str())
+    });
     match (key, head) {
         (Some(k), Some(h)) => {
             let ok = h
@@ -347,8 +380,16 @@ pub fn verify_keyed<'a>(
 
 /// Recompute the chain over `records` (in stored order).
 pub fn verify<'a>(records: impl IntoIterator<Item = &'a Record>) -> Result<u64, ChainError> {
-    let mut prev_hash = GENESIS.to_string();
-    let mut prev_seq = 0;
+    chain_from(&Anchor::genesis(), records)
+}
+
+/// Recompute the chain over `records`, which follow `anchor`.
+fn chain_from<'a>(
+    anchor: &Anchor,
+    records: impl IntoIterator<Item = &'a Record>,
+) -> Result<u64, ChainError> {
+    let mut prev_hash = anchor.hash.clone();
+    let mut prev_seq = anchor.seq;
     let mut count = 0;
     for r in records {
         if r.seq != prev_seq + 1 {
