@@ -112,6 +112,7 @@ pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
         history: history.clone(),
         audit,
         gate: gate.clone(),
+        access_log: config.log.access,
         prompts: prompts.clone(),
         metrics: metrics.clone(),
     });

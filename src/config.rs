@@ -216,6 +216,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// Default filter.
     pub level: String,
+    /// One info line per proxied request.
+    pub access: bool,
 }
 
 /// One principal.

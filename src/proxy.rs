@@ -61,6 +61,8 @@ pub struct Parts {
     pub audit: Arc<AuditLog>,
     /// The approval engine, for gated calls.
     pub gate: Gate,
+    /// One info line per request (`[log] access`); otherwise at debug level.
+    pub access_log: bool,
     /// The prompt registry (`/latch/v1/prompts/…`).
     pub prompts: crate::prompts::Registry,
     /// Metrics.
@@ -155,17 +157,27 @@ pub async fn handle(proxy: Proxy, req: Request<Body>, conn: Arc<ConnInfo>) -> Re
         .requests
         .with_label_values(&[route, ctx.outcome])
         .inc();
-    tracing::info!(
-        request_id = %ctx.id,
-        agent = ctx.agent.as_ref().map(|a| a.id.as_str()).unwrap_or("-"),
-        route,
-        method = %ctx.method,
-        decision = ctx.outcome,
-        code = ctx.policy_code.as_deref().unwrap_or("-"),
-        status = resp.status().as_u16(),
-        latency_us = ctx.start.elapsed().as_micros() as u64,
-        "request"
-    );
+    // The audit trail records every decision; the access line is opt-in.
+    macro_rules! access {
+        ($level:ident) => {
+            tracing::$level!(
+                request_id = %ctx.id,
+                agent = ctx.agent.as_ref().map(|a| a.id.as_str()).unwrap_or("-"),
+                route,
+                method = %ctx.method,
+                decision = ctx.outcome,
+                code = ctx.policy_code.as_deref().unwrap_or("-"),
+                status = resp.status().as_u16(),
+                latency_us = ctx.start.elapsed().as_micros() as u64,
+                "request"
+            )
+        };
+    }
+    if proxy.access_log {
+        access!(info);
+    } else {
+        access!(debug);
+    }
     resp
 }
 

@@ -167,6 +167,9 @@ pub struct RawLog {
     pub format: Option<Spanned<String>>,
     /// A tracing filter such as `"info"` or `"latch=debug"`; `RUST_LOG` wins.
     pub level: Option<String>,
+    /// One info line per proxied request (the audit trail records every
+    /// decision anyway; off by default, the lines are at debug level).
+    pub access: Option<bool>,
 }
 
 /// `[demo]`

@@ -275,6 +275,7 @@ impl Validator<'_> {
                 }
             },
             level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+            access: raw.log.access.unwrap_or(false),
         };
         let demo = raw
             .demo
