@@ -2,7 +2,9 @@
 //! memory, and the time from a reviewer's approval to the released answer.
 //!
 //! `cargo bench --bench held` (see benches/README.md). Settings: `HELD`
-//! (default 10000 held calls), `RELEASES` (default 300 approvals timed).
+//! (default 10000 held calls), `RELEASES` (default 300 approvals timed),
+//! `HELD_PROTOCOL` (`http1`, one connection per call, the default; or `h2`,
+//! up to 1000 calls multiplexed on each HTTP/2 connection).
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -48,23 +50,25 @@ async fn admin_post(addr: SocketAddr, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
-async fn pending_ids(addr: SocketAddr) -> Vec<String> {
+/// Up to 1000 pending approval ids, and how many are pending in all.
+async fn pending_ids(addr: SocketAddr) -> (Vec<String>, u64) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
-    let req = "GET /api/v1/approvals?status=pending HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer lead-token\r\nConnection: close\r\n\r\n";
+    let req = "GET /api/v1/approvals?status=pending&limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer lead-token\r\nConnection: close\r\n\r\n";
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
     let text = String::from_utf8_lossy(&buf);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("{}");
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    v["approvals"]
+    let ids = v["approvals"]
         .as_array()
         .map(|l| {
             l.iter()
                 .filter_map(|a| a["id"].as_str().map(str::to_string))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    (ids, v["total"].as_u64().unwrap_or(0))
 }
 
 fn main() {
@@ -85,12 +89,15 @@ fn main() {
             r#"[proxy]
 listen = "{proxy}"
 hold_s = 3600
+max_connections = 20000
 [admin]
 listen = "{admin}"
 [store]
 url = "sqlite://latch.db"
 [log]
 level = "warn"
+[gate]
+max_pending_per_agent = 1000000
 [[principals]]
 id = "agent"
 roles = ["agent"]
@@ -124,10 +131,48 @@ upstream = "http://{up}"
         tokio::time::sleep(Duration::from_millis(200)).await;
         let base = rss_kib(pid);
 
-        // Open `held` connections, each with one gated call, and keep them.
+        // Hold `held` gated calls: one HTTP/1.1 connection each, or up to
+        // 1000 streams on each HTTP/2 connection.
         let started = Instant::now();
+        let h2 = std::env::var("HELD_PROTOCOL").as_deref() == Ok("h2");
         let mut waiters = Vec::with_capacity(held);
+        let mut sender = None;
         for i in 0..held {
+            if h2 {
+                if i % 1000 == 0 {
+                    let tcp = tokio::net::TcpStream::connect(proxy).await.expect("connect");
+                    let (s, conn) = hyper::client::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .expect("h2 handshake");
+                    tokio::spawn(conn);
+                    sender = Some(s);
+                }
+                let mut s: hyper::client::conn::http2::SendRequest<String> =
+                    sender.clone().expect("sender");
+                let req = http::Request::post(format!("http://{proxy}/tool/x"))
+                    .header("authorization", "Bearer agent-token")
+                    .header("content-type", "application/json")
+                    .body(format!("{{\"n\":{i}}}"))
+                    .expect("request");
+                waiters.push(tokio::spawn(async move {
+                    match s.send_request(req).await {
+                        Ok(resp) => {
+                            let at = Instant::now();
+                            let id = resp
+                                .headers()
+                                .get("latch-approval")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
+                            (at, id, resp.status() == 200)
+                        }
+                        Err(_) => (Instant::now(), None, false),
+                    }
+                }));
+                continue;
+            }
             let mut s = tokio::net::TcpStream::connect(proxy).await.expect("connect");
             let body = format!("{{\"n\":{i}}}");
             let req = format!(
@@ -159,7 +204,8 @@ upstream = "http://{up}"
         }
         let gate_secs = started.elapsed().as_secs_f64();
         let full = rss_kib(pid);
-        println!("held {held} calls in {gate_secs:.1} s ({:.0} gated calls/s)", held as f64 / gate_secs);
+        let protocol = if h2 { "HTTP/2" } else { "HTTP/1.1" };
+        println!("held {held} calls over {protocol} in {gate_secs:.1} s ({:.0} gated calls/s)", held as f64 / gate_secs);
         println!(
             "RSS: {:.1} MiB idle, {:.1} MiB holding {held} → {:.1} KiB per held call",
             base as f64 / 1024.0,
@@ -168,7 +214,8 @@ upstream = "http://{up}"
         );
 
         // Release some by approval and time each approval → released answer.
-        let ids = pending_ids(admin).await;
+        let (ids, pending) = pending_ids(admin).await;
+        println!("{pending} approvals pending in the store");
         let mut approved_at = std::collections::HashMap::new();
         for id in ids.iter().take(releases) {
             let t0 = Instant::now();

@@ -1,16 +1,19 @@
 //! Listener plumbing shared by the proxy, admin and demo listeners: accept,
 //! optional TLS handshake (and client-certificate identity), HTTP/1.1 with a
-//! header read timeout, graceful shutdown.
+//! header read timeout or HTTP/2 (h2c with prior knowledge, or `h2` by ALPN
+//! over TLS) so a client can hold many calls on one connection, graceful
+//! shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -19,6 +22,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::http_util::{boxed_request, Body};
 use crate::identity::{Directory, Principal};
+
+/// Most requests in flight on one HTTP/2 connection (held calls included).
+const H2_MAX_STREAMS: u32 = 1000;
+/// Largest header block an HTTP/2 request may send.
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// What a handler knows about the connection.
 #[derive(Debug, Clone)]
@@ -149,16 +157,43 @@ async fn serve_conn<S, H, F>(
     H: Fn(Request<Body>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    // A connection must start a request within the header read timeout,
+    // whichever protocol it turns out to speak (hyper's HTTP/1.1 timeout
+    // does not cover the wait before the first byte, HTTP/2 has none).
+    let started = Arc::new(AtomicBool::new(false));
+    let first = started.clone();
     let service = service_fn(move |req| {
+        first.store(true, Ordering::Relaxed);
         let fut = handler(boxed_request(req), info.clone());
         async move { Ok::<_, Infallible>(fut.await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let serving = watcher.watch(conn.into_owned());
+    let silent = async {
+        tokio::time::sleep(opts.header_read_timeout).await;
+        if started.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        ended = serving => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = silent => tracing::debug!("no request within the header read timeout; closing"),
     }
 }

@@ -64,7 +64,7 @@ pub fn server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
             tls.cert.display()
         )
     })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

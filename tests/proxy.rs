@@ -399,3 +399,17 @@ async fn a_client_that_never_finishes_its_head_is_cut_off() {
     );
     assert!(up.requests().is_empty());
 }
+
+/// A connection that never sends a byte (neither an HTTP/1.1 head nor the
+/// HTTP/2 preface) is closed after the header read timeout.
+#[tokio::test]
+async fn a_silent_connection_is_cut_off() {
+    use tokio::io::AsyncReadExt;
+    let up = Upstream::start().await;
+    let latch = TestLatch::start(&up.url()).await;
+    let mut s = tokio::net::TcpStream::connect(latch.proxy()).await.unwrap();
+    let mut buf = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(8), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a silent connection was still open after 8 s");
+}
