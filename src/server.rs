@@ -101,7 +101,12 @@ pub async fn serve<H, F>(
                         tls: false,
                         cert_principal: None,
                     });
-                    serve_conn(stream, info, &opts, handler, watcher).await;
+                    // Plain TCP: HTTP/2 with prior knowledge opens with
+                    // its preface ("PRI * HTTP/2.0"), anything else is HTTP/1.1.
+                    let Some(proto) = sniff(&stream, opts.header_read_timeout).await else {
+                        return;
+                    };
+                    serve_conn(stream, proto, info, &opts, handler, watcher).await;
                 }
                 Some(acceptor) => {
                     let tls = match tokio::time::timeout(
@@ -132,7 +137,11 @@ pub async fn serve<H, F>(
                         tls: true,
                         cert_principal,
                     });
-                    serve_conn(tls, info, &opts, handler, watcher).await;
+                    let proto = match tls.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Proto::Http2,
+                        _ => Proto::Http1,
+                    };
+                    serve_conn(tls, proto, info, &opts, handler, watcher).await;
                 }
             }
         });
@@ -146,8 +155,44 @@ pub async fn serve<H, F>(
     }
 }
 
+/// The protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    Http2,
+}
+
+/// Peek at a plain connection's first bytes: the HTTP/2 preface or not.
+/// `None`: it closed, or sent nothing within `timeout`.
+async fn sniff(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<Proto> {
+    const PREFACE: &[u8] = b"PRI ";
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 4];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Some(Proto::Http1);
+        }
+        if n == PREFACE.len() {
+            return Some(Proto::Http2);
+        }
+        // A prefix of the preface so far: wait for more.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Serve one connection as `proto`. HTTP/1.1 gets its own builder rather
+/// than hyper's auto-detection, which keeps an extra read buffer for the
+/// life of every connection (≈8 KiB per held call).
 async fn serve_conn<S, H, F>(
     stream: S,
+    proto: Proto,
     info: Arc<ConnInfo>,
     opts: &ListenerOptions,
     handler: H,
@@ -157,9 +202,9 @@ async fn serve_conn<S, H, F>(
     H: Fn(Request<Body>, Arc<ConnInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    // A connection must start a request within the header read timeout,
-    // whichever protocol it turns out to speak (hyper's HTTP/1.1 timeout
-    // does not cover the wait before the first byte, HTTP/2 has none).
+    // A connection must start a request within the header read timeout
+    // (hyper's HTTP/1.1 timeout does not cover the wait before the first
+    // byte after a TLS handshake; HTTP/2 has none).
     let started = Arc::new(AtomicBool::new(false));
     let first = started.clone();
     let service = service_fn(move |req| {
@@ -167,23 +212,39 @@ async fn serve_conn<S, H, F>(
         let fut = handler(boxed_request(req), info.clone());
         async move { Ok::<_, Infallible>(fut.await) }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(H2_MAX_HEADER_LIST)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    let serving = watcher.watch(conn.into_owned());
+    let io = TokioIo::new(stream);
+    let limit = opts.header_read_timeout;
+    match proto {
+        Proto::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limit)
+                .keep_alive(true)
+                .serve_connection(io, service);
+            finish(watcher.watch(conn), &started, limit).await
+        }
+        Proto::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(H2_MAX_STREAMS)
+                .max_header_list_size(H2_MAX_HEADER_LIST)
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .serve_connection(io, service);
+            finish(watcher.watch(conn), &started, limit).await
+        }
+    }
+}
+
+/// Run a connection to its end, or drop it if no request started within
+/// `limit`.
+async fn finish(
+    serving: impl Future<Output = Result<(), hyper::Error>>,
+    started: &AtomicBool,
+    limit: Duration,
+) {
     let silent = async {
-        tokio::time::sleep(opts.header_read_timeout).await;
+        tokio::time::sleep(limit).await;
         if started.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }
