@@ -187,7 +187,44 @@ fn details(a: &Value) -> String {
         signed(a),
         a["outcome"].as_str().unwrap_or("-"),
         serde_json::to_string_pretty(&a["body"]).unwrap_or_default(),
+    ) + &promotion_diff(a)
+}
+
+/// For a prompt promotion, the change it would make (added by `show`).
+fn promotion_diff(a: &Value) -> String {
+    let Some(lines) = a["prompt_diff"].as_array() else {
+        return String::new();
+    };
+    let text: Vec<&str> = lines.iter().filter_map(Value::as_str).collect();
+    format!(
+        "change to {} of {}:\n{}\n",
+        a["body"]["label"].as_str().unwrap_or("?"),
+        a["body"]["name"].as_str().unwrap_or("?"),
+        text.join("\n")
     )
+}
+
+/// The lines a prompt promotion changes: the diff from the version the
+/// label holds, or the whole new template for a new label.
+async fn prompt_change(body: &Value) -> anyhow::Result<Value> {
+    let name = body["name"].as_str().unwrap_or_default();
+    let lines = match (body["from"].as_u64(), body["to"].as_u64()) {
+        (Some(from), Some(to)) => {
+            let path = format!("/api/v1/prompts/{name}/diff?from={from}&to={to}");
+            ok_or_message(request(Method::GET, &path, None).await?)?["lines"].clone()
+        }
+        (None, Some(to)) => {
+            let path = format!("/api/v1/prompts/{name}/versions/{to}");
+            let v = ok_or_message(request(Method::GET, &path, None).await?)?;
+            let template = v["template"].as_str().unwrap_or_default();
+            json!(template
+                .lines()
+                .map(|l| format!("+ {l}"))
+                .collect::<Vec<_>>())
+        }
+        _ => Value::Null,
+    };
+    Ok(lines)
 }
 
 /// Run `latch approvals <verb> [ID]`; returns what to print.
@@ -223,7 +260,7 @@ pub async fn approvals(verb: &str, id: Option<&str>, o: &Options) -> anyhow::Res
             })
         }
         "show" => {
-            let v = ok_or_message(
+            let mut v = ok_or_message(
                 request(
                     Method::GET,
                     &format!("/api/v1/approvals/{}", need_id()?),
@@ -231,6 +268,9 @@ pub async fn approvals(verb: &str, id: Option<&str>, o: &Options) -> anyhow::Res
                 )
                 .await?,
             )?;
+            if v["route"] == crate::prompts::ROUTE {
+                v["prompt_diff"] = prompt_change(&v["body"]).await?;
+            }
             (v, details)
         }
         "approve" | "reject" | "modify" | "override" => {

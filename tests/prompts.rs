@@ -203,6 +203,12 @@ async fn a_prompt_reaches_production_only_through_three_reviewers_and_rolls_back
     // The product manager asks for the promotion; ed, the author, is
     // refused as an approver even though he holds the engineer role.
     let id2 = promote_held(&latch, "paula-token", "2").await;
+    let shown = ok(&cli(&latch, "sam-token", &["approvals", "show", &id2]).await);
+    assert!(shown.contains("change to production of reply:"), "{shown}");
+    assert!(
+        shown.contains("+ We are on it and will write again within a day."),
+        "{shown}"
+    );
     let own = sign(&latch, &id2, "ed-token").await;
     assert_eq!(own.status, 403, "{:?}", own.body);
     assert!(own.json()["message"]
