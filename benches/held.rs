@@ -4,7 +4,10 @@
 //! `cargo bench --bench held` (see benches/README.md). Settings: `HELD`
 //! (default 10000 held calls), `RELEASES` (default 300 approvals timed),
 //! `HELD_PROTOCOL` (`http1`, one connection per call, the default; or `h2`,
-//! up to 1000 calls multiplexed on each HTTP/2 connection).
+//! up to 1000 calls multiplexed on each HTTP/2 connection), `ASYNC_PENDING`
+//! (default 0: then that many gated calls answered 202 at once with
+//! `Prefer: respond-async`, the RSS with them all pending in the store, and
+//! the latency of listing pending approvals).
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -69,6 +72,83 @@ async fn pending_ids(addr: SocketAddr) -> (Vec<String>, u64) {
         })
         .unwrap_or_default();
     (ids, v["total"].as_u64().unwrap_or(0))
+}
+
+/// Park `n` gated calls as pending approvals (202, no connection held),
+/// then report RSS and the latency of `GET /api/v1/approvals?status=pending`.
+async fn async_pending(n: usize, proxy: SocketAddr, admin: SocketAddr, pid: u32, base: u64) {
+    use http_body_util::{BodyExt, Full};
+    type C = hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<bytes::Bytes>,
+    >;
+    let client: C =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let (client, next) = (client.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut accepted = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return accepted;
+                }
+                let req = http::Request::post(format!("http://{proxy}/tool/async"))
+                    .header("authorization", "Bearer agent-token")
+                    .header("content-type", "application/json")
+                    .header("prefer", "respond-async")
+                    .body(Full::new(bytes::Bytes::from(format!("{{\"n\":{i}}}"))))
+                    .expect("request");
+                if let Ok(resp) = client.request(req).await {
+                    accepted += usize::from(resp.status() == 202);
+                    let _ = resp.into_body().collect().await;
+                }
+            }
+        }));
+    }
+    let mut accepted = 0;
+    for w in workers {
+        accepted += w.await.unwrap_or(0);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = rss_kib(pid);
+    println!(
+        "{accepted} of {n} calls pending after 202 in {secs:.1} s ({:.0}/s); RSS {:.1} MiB (idle {:.1} MiB)",
+        accepted as f64 / secs,
+        rss as f64 / 1024.0,
+        base as f64 / 1024.0
+    );
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        let req = http::Request::get(format!("http://{admin}/api/v1/approvals?status=pending"))
+            .header("authorization", "Bearer lead-token")
+            .body(Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let t0 = Instant::now();
+        if let Ok(resp) = client.request(req).await {
+            let ok = resp.status() == 200;
+            let _ = resp.into_body().collect().await;
+            if ok {
+                lat.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "GET /api/v1/approvals?status=pending with {accepted} pending: p50 {:.2} ms, p99 {:.2} ms",
+        pct(0.5),
+        pct(0.99)
+    );
 }
 
 fn main() {
@@ -247,5 +327,9 @@ upstream = "http://{up}"
             pct(0.99),
             gaps.last().copied().unwrap_or(f64::NAN)
         );
+        let parked = env_usize("ASYNC_PENDING", 0);
+        if parked > 0 {
+            async_pending(parked, proxy, admin, pid, base).await;
+        }
     });
 }
