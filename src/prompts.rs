@@ -16,25 +16,26 @@
 //! memory cache that every label move clears.
 
 pub mod model;
+mod promote;
+mod serve;
 pub mod template;
 
-use std::collections::BTreeMap;
+pub use serve::Served;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::{json, Value as Json};
 
 use crate::audit::chain::{Event, Record};
 use crate::audit::AuditLog;
 use crate::config::PromptsConfig;
-use crate::gate::model::{Approval, State, StoredResult};
-use crate::gate::{Executor, Gate, GateError, Proposal};
-use crate::history::{ActionClass, History};
+use crate::gate::model::State;
+use crate::gate::{Gate, GateError};
+use crate::history::History;
 use crate::identity::Principal;
-use crate::policy::input::{self, RequestFacts};
-use crate::policy::{Action, Decision, Engine};
+use crate::policy::Engine;
 use crate::store::prompts::Pushed;
 use crate::store::{blocking, ApprovalQuery, Store};
 use model::{Check, Evaluation, LabelMove, PromptVersion};
@@ -138,16 +139,6 @@ pub enum Moved {
     },
 }
 
-/// A label's version, ready to serve.
-pub struct Served {
-    /// The version.
-    pub version: PromptVersion,
-    /// `ETag` (quoted SHA-256).
-    pub etag: String,
-    /// The JSON document.
-    pub json: Bytes,
-}
-
 /// What the registry is built from.
 pub struct Parts {
     /// Durable state.
@@ -229,7 +220,7 @@ impl Registry {
     /// A registry over `parts`; it registers its executor with the gate.
     pub fn new(parts: Parts) -> Registry {
         let cache = Arc::new(Cache::default());
-        let promoter = Promoter {
+        let promoter = promote::Promoter {
             store: parts.store.clone(),
             gate: parts.gate.clone(),
             cache: cache.clone(),
@@ -552,7 +543,7 @@ impl Registry {
     }
 
     async fn commit_move(&self, m: &LabelMove, extra: Json) -> Result<(), PromptError> {
-        let event = move_event(m, extra);
+        let event = promote::move_event(m, extra);
         let stored = m.clone();
         let moved = self.run(move |s| s.move_label(&stored, &event)).await?;
         if !moved {
@@ -569,253 +560,10 @@ impl Registry {
         Ok(())
     }
 
-    /// A protected move: ask the policy; allow moves, deny refuses, gate holds.
-    async fn judge_move(
-        &self,
-        actor: &Principal,
-        mut m: LabelMove,
-        target: &PromptVersion,
-        current: Option<&PromptVersion>,
-        reason: Option<String>,
-        peer: SocketAddr,
-    ) -> Result<Moved, PromptError> {
-        let (added, removed, _) = template::diff(
-            current.map_or("", |c| c.template.as_str()),
-            &target.template,
-        );
-        let (passed, failed) = target.check_counts();
-        let args = json!({
-            "name": m.name, "label": m.label, "from_version": m.from, "to_version": m.to,
-            "author": target.author, "diff": {"added": added, "removed": removed},
-            "checks": {"passed": passed, "failed": failed}, "rollback": m.rollback, "reason": reason,
-        });
-        let body = serde_json::to_vec(&json!({
-            "name": m.name, "label": m.label, "from": m.from, "to": m.to,
-            "sha256": target.sha256, "rollback": m.rollback, "reason": reason,
-        }))
-        .map_err(|e| PromptError::Store(e.into()))?;
-        let body_sha256 = crate::digest::body_sha256(&body);
-        let args_value = regorus::Value::from_json_str(&args.to_string())
-            .map_err(|e| PromptError::Store(anyhow::anyhow!("{e}")))?;
-        let path = format!("/prompts/{}/labels/{}", m.name, m.label);
-        let class = ActionClass::new(&actor.id, TOOL, "POST", &args_value);
-        let headers = http::HeaderMap::new();
-        let query = crate::http_util::query::Query::new();
-        let facts = RequestFacts {
-            method: "POST",
-            path: &path,
-            query: &query,
-            headers: &headers,
-            allowed_headers: &[],
-            body: &args_value,
-            body_format: "json",
-            body_sha256: Some(&body_sha256),
-            size: Some(body.len() as u64),
-        };
-        let route = input::object([
-            ("name", regorus::Value::from(ROUTE)),
-            ("upstream", regorus::Value::from("latch")),
-            ("tool", regorus::Value::from(TOOL)),
-        ]);
-        let mut doc = input::build(
-            &facts,
-            &route,
-            &actor.input,
-            (TOOL, args_value.clone(), &class.fingerprint()),
-            &self.parts().history.get(&class),
-            chrono::Utc::now(),
-        );
-        input::set(&mut doc, "grants", regorus::Value::new_array());
-        let (set, eval) = self.parts().policy.evaluate(doc).await;
-        let decision = eval.decision;
-        let id = uuid::Uuid::now_v7().to_string();
-        match decision.action {
-            Action::Allow => {
-                self.commit_move(
-                    &m,
-                    json!({"reason": reason, "decision": id, "code": decision.code, "policy": set.hash()}),
-                )
-                .await?;
-                Ok(Moved::Now(m))
-            }
-            Action::Deny => {
-                let event = Event::new(
-                    &actor.id,
-                    "decision",
-                    &id,
-                    json!({"action": "deny", "code": decision.code, "risk": decision.risk,
-                           "reasons": decision.reasons, "route": ROUTE, "tool": TOOL,
-                           "path": path, "body_sha256": body_sha256, "policy": set.hash(),
-                           "prompt": subject(&m.name)}),
-                );
-                self.parts()
-                    .audit
-                    .record(event)
-                    .await
-                    .map_err(|_| PromptError::Gate(GateError::AuditUnavailable))?;
-                Err(PromptError::Denied {
-                    id,
-                    code: decision.code,
-                    reasons: decision.reasons,
-                })
-            }
-            Action::Gate => {
-                let decision = not_grantable(decision);
-                m.approval = Some(id.clone());
-                let mut held = self
-                    .parts()
-                    .gate
-                    .propose(Proposal {
-                        id: &id,
-                        agent: actor,
-                        route: ROUTE,
-                        tool: TOOL,
-                        method: &http::Method::POST,
-                        headers: &headers,
-                        path: &path,
-                        target: String::new(),
-                        body: Bytes::from(body),
-                        body_sha256,
-                        decision,
-                        policy: set.hash(),
-                        class: &class,
-                        peer,
-                        tls: false,
-                        idempotency_key: None,
-                        waits: false,
-                        excluded: vec![target.author.clone()],
-                    })
-                    .await?;
-                held.disarm();
-                Ok(Moved::Held {
-                    approval_id: held.id.clone(),
-                })
-            }
-        }
-    }
-
-    /// The version `label` points at, for apps and agents (memory-cached).
-    pub async fn serve(&self, name: &str, label: &str) -> Result<Arc<Served>, PromptError> {
-        let key = (name.to_string(), label.to_string());
-        if let Some(s) = self.0.cache.0.get(&key) {
-            return Ok(s.clone());
-        }
-        check_name("prompt name", name)?;
-        check_name("label", label)?;
-        let n = name.to_string();
-        let l = label.to_string();
-        let version = self
-            .run(move |s| {
-                let Some(v) = s.prompt_labels(&n)?.get(&l).copied() else {
-                    return Ok(None);
-                };
-                s.prompt_version(&n, v)
-            })
-            .await?
-            .ok_or_else(|| PromptError::NotFound(format!("{name} has no label {label:?}")))?;
-        let doc = json!({"name": version.name, "version": version.version, "label": label,
-                         "template": version.template, "variables": version.variables,
-                         "config": version.config, "sha256": version.sha256});
-        let served = Arc::new(Served {
-            etag: format!("\"{}\"", version.sha256),
-            json: Bytes::from(doc.to_string()),
-            version,
-        });
-        self.0.cache.0.insert(key, served.clone());
-        Ok(served)
-    }
-
-    /// Render `label`'s version with `vars`.
-    pub async fn render(
-        &self,
-        name: &str,
-        label: &str,
-        vars: &BTreeMap<String, String>,
-    ) -> Result<String, PromptError> {
-        let served = self.serve(name, label).await?;
-        template::render(&served.version.template, vars).map_err(PromptError::Unrenderable)
-    }
-
     /// Audit records of `name`, oldest first.
     pub async fn audit(&self, name: &str) -> Result<Vec<Record>, PromptError> {
         let s = subject(name);
         self.run(move |st| st.audit_of(&s)).await
-    }
-}
-
-/// A promotion is never covered by a grant: every protected move is read.
-fn not_grantable(mut d: Decision) -> Decision {
-    if let Some(spec) = d.approval.as_mut() {
-        spec.grantable = false;
-    }
-    d
-}
-
-fn move_event(m: &LabelMove, extra: Json) -> Event {
-    let mut details = json!({"label": m.label, "from": m.from, "to": m.to, "rollback": m.rollback,
-                             "approval": m.approval});
-    if let (Some(d), Some(e)) = (details.as_object_mut(), extra.as_object()) {
-        d.extend(e.clone());
-    }
-    let event = if m.rollback {
-        "prompt_rollback"
-    } else {
-        "prompt_label_move"
-    };
-    Event::new(&m.by, event, &subject(&m.name), details)
-}
-
-/// Moves a protected label once its promotion is approved.
-struct Promoter {
-    store: Arc<dyn Store>,
-    gate: Gate,
-    cache: Arc<Cache>,
-}
-
-impl Promoter {
-    async fn promote(&self, a: &Approval) -> Result<StoredResult, String> {
-        let body: Json = serde_json::from_slice(&a.body).map_err(|e| e.to_string())?;
-        let version = |k: &str| body[k].as_u64().and_then(|v| u32::try_from(v).ok());
-        let m = LabelMove {
-            name: body["name"].as_str().unwrap_or_default().to_string(),
-            label: body["label"].as_str().unwrap_or_default().to_string(),
-            from: version("from"),
-            to: version("to").ok_or("the approved promotion names no version")?,
-            by: a.agent.clone(),
-            approval: Some(a.id.clone()),
-            rollback: body["rollback"] == true,
-            at: self.gate.now_ms(),
-        };
-        let signed: Vec<&str> = a.votes.iter().map(|v| v.principal.as_str()).collect();
-        let event = move_event(&m, json!({"approved_by": signed, "reason": body["reason"]}));
-        let store = self.store.clone();
-        let stored = m.clone();
-        let moved = blocking(move || store.move_label(&stored, &event))
-            .await
-            .map_err(|e| format!("the label could not be moved: {e}"))?;
-        if !moved {
-            return Err(format!(
-                "{} of {} moved since this promotion was requested; nothing changed",
-                m.label, m.name
-            ));
-        }
-        self.cache.forget(&m.name);
-        Ok(StoredResult {
-            status: 200,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: serde_json::to_vec(&json!({"moved": m})).unwrap_or_default(),
-        })
-    }
-}
-
-impl Executor for Promoter {
-    fn execute<'a>(
-        &'a self,
-        a: &'a Approval,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<StoredResult, String>> + Send + 'a>,
-    > {
-        Box::pin(self.promote(a))
     }
 }
 

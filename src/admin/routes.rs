@@ -5,6 +5,9 @@
 use http::Method;
 use serde_json::{json, Map, Value};
 
+mod schemas;
+use schemas::schemas;
+
 /// What a route does: a public page or endpoint, or an operation of the
 /// humans' API (which needs a reviewer's credentials).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -505,71 +508,6 @@ pub fn resolve(table: &[Endpoint], method: &Method, path: &str) -> Resolved {
     }
 }
 
-fn schemas() -> Value {
-    json!({
-        "Error": {"type": "object", "required": ["error", "message"],
-                  "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
-        "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
-        "Ready": {"type": "object", "properties": {"status": {"type": "string"}, "store": {"type": "string"},
-                  "policy": {"type": "object"}}},
-        "Metrics": {"type": "string"},
-        "OpenApi": {"type": "object"},
-        "Vote": {"type": "object", "properties": {"principal": {"type": "string"},
-                 "kind": {"enum": ["approve", "reject"]}, "level": {"type": "integer"},
-                 "body_sha256": {"type": "string"}, "comment": {"type": ["string", "null"]}, "at": {"type": "integer"}}},
-        "Approval": {"type": "object", "required": ["id", "state", "agent", "body_sha256"], "properties": {
-            "id": {"type": "string"},
-            "state": {"enum": ["pending", "approved", "executing", "executed", "rejected", "expired", "cancelled", "failed"]},
-            "agent": {"type": "string"}, "route": {"type": "string"}, "tool": {"type": "string"},
-            "method": {"type": "string"}, "path": {"type": "string"}, "body": {}, "original_body": {},
-            "body_sha256": {"type": "string"}, "decision": {"type": "object"}, "reason": {"type": ["string", "null"]},
-            "level": {"type": "integer"}, "required": {"type": "array"},
-            "votes": {"type": "array", "items": {"$ref": "#/components/schemas/Vote"}},
-            "created_at": {"type": "integer"}, "deadline_ms": {"type": "integer"}, "grant_id": {"type": ["string", "null"]},
-            "outcome": {"type": ["string", "null"]}, "result": {"type": ["object", "null"]}}},
-        "ApprovalList": {"type": "object", "properties": {"approvals": {"type": "array",
-                         "items": {"$ref": "#/components/schemas/Approval"}},
-                         "next_cursor": {"type": ["string", "null"]}, "total": {"type": "integer"}}},
-        "AuditRecord": {"type": "object", "required": ["seq", "ts", "actor", "event", "subject", "details", "prev_hash", "hash"],
-            "properties": {"seq": {"type": "integer"}, "ts": {"type": "string", "format": "date-time"},
-                           "actor": {"type": "string"}, "event": {"type": "string"}, "subject": {"type": "string"},
-                           "details": {}, "prev_hash": {"type": "string"}, "hash": {"type": "string"}}},
-        "AuditPage": {"type": "object", "properties": {"records": {"type": "array",
-                      "items": {"$ref": "#/components/schemas/AuditRecord"}}, "next_after": {"type": ["integer", "null"]}}},
-        "Grant": {"type": "object", "required": ["id", "status", "agent", "class", "expires_at"], "properties": {
-            "id": {"type": "string"}, "status": {"enum": ["live", "expired", "revoked"]},
-            "approval": {"type": "string"}, "agent": {"type": "string"}, "route": {"type": "string"},
-            "tool": {"type": "string"}, "class": {"type": "string"}, "shape": {"type": "string"},
-            "narrow": {"type": "object"}, "risk": {"enum": ["low", "medium", "high", "critical"]},
-            "granted_by": {"type": "array", "items": {"type": "string"}},
-            "created_at": {"type": "integer"}, "expires_at": {"type": "integer"},
-            "revoked": {"type": ["object", "null"]}}},
-        "GrantList": {"type": "object", "properties": {"grants": {"type": "array",
-                      "items": {"$ref": "#/components/schemas/Grant"}}}},
-        "Insights": {"type": "object", "properties": {"window_days": {"type": "integer"},
-                     "automation": {"type": "object"}, "reviewers": {"type": "array"},
-                     "rubber_stamped_classes": {"type": "array"}, "truncated": {"type": "boolean"}}},
-        "PromptVersion": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "integer"},
-            "template": {"type": "string"}, "variables": {"type": "array"}, "config": {}, "author": {"type": "string"},
-            "sha256": {"type": "string"}, "checks": {"type": "array"}, "check_results": {"type": "array"},
-            "evaluations": {"type": "array"}, "created": {"type": "boolean"}}},
-        "PromptList": {"type": "object", "properties": {"prompts": {"type": "array"}}},
-        "Prompt": {"type": "object", "properties": {"name": {"type": "string"}, "labels": {"type": "object"},
-            "versions": {"type": "array"}, "history": {"type": "array"}, "pending": {"type": "array"}}},
-        "PromptDiff": {"type": "object", "properties": {"added": {"type": "integer"}, "removed": {"type": "integer"},
-            "lines": {"type": "array", "items": {"type": "string"}}}},
-        "LabelMove": {"type": "object", "properties": {"status": {"enum": ["moved", "pending"]},
-            "moved": {"type": "object"}, "approval_id": {"type": "string"}}},
-        "Reloaded": {"type": "object", "properties": {"status": {"type": "string"}, "hash": {"type": "string"}}},
-        "Html": {"type": "string"},
-        "Empty": {"type": "string"},
-        "EventStream": {"type": "string"},
-        "SessionInfo": {"type": "object", "properties": {"principal": {"type": "string"},
-                        "roles": {"type": "array", "items": {"type": "string"}}, "csrf": {"type": ["string", "null"]},
-                        "break_glass": {"type": "boolean"}, "max_grant_s": {"type": "integer"}}},
-    })
-}
-
 /// The OpenAPI 3.1 document for `table`.
 pub fn openapi(table: &[Endpoint]) -> Value {
     let mut paths = Map::new();
@@ -644,62 +582,4 @@ pub fn openapi(table: &[Endpoint]) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_match_one_segment() {
-        assert_eq!(
-            matches("/api/v1/approvals/{id}", "/api/v1/approvals/abc"),
-            Some(vec!["abc".to_string()])
-        );
-        assert_eq!(
-            matches("/p/{id}/labels/{label}", "/p/reply/labels/production"),
-            Some(vec!["reply".to_string(), "production".to_string()])
-        );
-        assert_eq!(
-            matches("/api/v1/approvals/{id}", "/api/v1/approvals/"),
-            None
-        );
-        assert_eq!(
-            matches("/api/v1/approvals/{id}", "/api/v1/approvals/a/b"),
-            None
-        );
-        assert_eq!(matches("/healthz", "/healthz"), Some(vec![]));
-    }
-
-    #[test]
-    fn resolve_reports_wrong_methods() {
-        let t = endpoints();
-        assert!(matches!(
-            resolve(&t, &Method::GET, "/api/v1/approvals/x"),
-            Resolved::Found(Op::Api(ApiOp::GetApproval), _)
-        ));
-        assert!(matches!(
-            resolve(&t, &Method::DELETE, "/api/v1/approvals/x"),
-            Resolved::WrongMethod(_)
-        ));
-        assert!(matches!(
-            resolve(&t, &Method::GET, "/api/v2"),
-            Resolved::NotFound
-        ));
-    }
-
-    #[test]
-    fn every_route_is_documented_once() {
-        let t = endpoints();
-        let doc = openapi(&t);
-        let mut documented = 0;
-        for (path, ops) in doc["paths"].as_object().unwrap() {
-            for method in ops.as_object().unwrap().keys() {
-                let m: Method = method.to_uppercase().parse().unwrap();
-                assert!(
-                    t.iter().any(|e| e.path == path && e.method == m),
-                    "{method} {path}"
-                );
-                documented += 1;
-            }
-        }
-        assert_eq!(documented, t.len());
-    }
-}
+mod tests;

@@ -600,60 +600,19 @@ impl Store for SqliteStore {
     }
 
     fn grants(&self, live_at: Option<i64>, limit: usize) -> anyhow::Result<Vec<Grant>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT data FROM grants
-             WHERE ?1 IS NULL OR (revoked_at IS NULL AND expires_at > ?1)
-             ORDER BY created_at DESC, id DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(
-            params![live_at, limit.min(i64::MAX as usize) as i64],
-            row_to_grant,
-        )?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+        grants::list(self, live_at, limit)
     }
 
     fn grant(&self, id: &str) -> anyhow::Result<Option<Grant>> {
-        let conn = self.conn()?;
-        conn.query_row(
-            "SELECT data FROM grants WHERE id = ?1",
-            params![id],
-            row_to_grant,
-        )
-        .optional()
-        .map_err(Into::into)
+        grants::one(self, id)
     }
 
     fn revoke_grant(&self, g: &Grant, event: &Event) -> anyhow::Result<bool> {
-        let Some(revoked) = &g.revoked else {
-            anyhow::bail!("grant {} carries no revocation", g.id);
-        };
-        let mut db = self.db()?;
-        let Db { conn, tail } = &mut *db;
-        let tx = conn.transaction()?;
-        let changed = tx.execute(
-            "UPDATE grants SET revoked_at = ?2, data = ?3 WHERE id = ?1 AND revoked_at IS NULL",
-            params![g.id, revoked.at, serde_json::to_string(g)?],
-        )?;
-        if changed == 0 {
-            return Ok(false);
-        }
-        let records = append(&tx, tail, std::slice::from_ref(event), self.key.as_ref())?;
-        tx.commit()?;
-        if let Some(last) = records.last() {
-            *tail = (last.seq, last.hash.clone());
-        }
-        Ok(true)
+        grants::revoke(self, g, event)
     }
 }
 
-fn row_to_grant(r: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
-    let data: String = r.get(0)?;
-    serde_json::from_str(&data).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
+mod grants;
 mod prompts;
 #[cfg(test)]
 mod tests;
