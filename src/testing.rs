@@ -454,8 +454,13 @@ pub async fn wait_state(addr: SocketAddr, id: &str, state: &str) -> serde_json::
     panic!("approval {id} never reached {state}");
 }
 
-/// Poll until exactly one approval is pending and return its id.
+/// Poll until an approval is pending and return its id.
 pub async fn wait_pending(addr: SocketAddr) -> String {
+    wait_pending_n(addr, 1).await.remove(0)
+}
+
+/// Poll until at least `n` approvals are pending (10 s at most); their ids.
+pub async fn wait_pending_n(addr: SocketAddr, n: usize) -> Vec<String> {
     for _ in 0..200 {
         let a = admin(
             addr,
@@ -465,12 +470,18 @@ pub async fn wait_pending(addr: SocketAddr) -> String {
             "",
         )
         .await;
-        if let Some(first) = a.json()["approvals"].as_array().and_then(|l| l.first()) {
-            return first["id"].as_str().unwrap().to_string();
+        let ids: Vec<String> = a.json()["approvals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["id"].as_str().map(str::to_string))
+            .collect();
+        if ids.len() >= n {
+            return ids;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("no approval became pending");
+    panic!("fewer than {n} approvals became pending");
 }
 
 /// Send raw bytes and return the status code of the answer.

@@ -103,29 +103,7 @@ async fn many_held_calls_share_one_http2_connection() {
             read(sender.send_request(req).await.unwrap()).await
         }));
     }
-    let mut ids = Vec::new();
-    for _ in 0..200 {
-        let list = admin(
-            latch.admin(),
-            "GET",
-            "/api/v1/approvals?status=pending",
-            "alice-token",
-            "",
-        )
-        .await;
-        let items = list.json()["approvals"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if items.len() == 10 {
-            ids = items
-                .iter()
-                .map(|a| a["id"].as_str().unwrap().to_string())
-                .collect();
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let ids = wait_pending_n(latch.admin(), 10).await;
     assert_eq!(ids.len(), 10, "all ten calls are held");
     assert!(up.requests().is_empty());
     for id in &ids {
