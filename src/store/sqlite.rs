@@ -427,41 +427,35 @@ impl Store for SqliteStore {
         event: &Event,
         max_pending: u64,
     ) -> anyhow::Result<Inserted> {
-        let mut db = self.db()?;
-        let Db { conn, tail } = &mut *db;
-        let tx = conn.transaction()?;
-        if let Some(key) = &a.idempotency_key {
-            let existing = tx
-                .query_row(
-                    &format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE agent = ?1 AND idempotency_key = ?2"),
-                    params![a.agent, key],
-                    row_to_approval,
-                )
-                .optional()?;
-            if let Some(existing) = existing {
-                return Ok(Inserted::Existing(Box::new(existing)));
+        self.with_audit(|tx| {
+            if let Some(key) = &a.idempotency_key {
+                let existing = tx
+                    .query_row(
+                        &format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE agent = ?1 AND idempotency_key = ?2"),
+                        params![a.agent, key],
+                        row_to_approval,
+                    )
+                    .optional()?;
+                if let Some(existing) = existing {
+                    return Ok((Inserted::Existing(Box::new(existing)), vec![]));
+                }
             }
-        }
-        let pending: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM approvals WHERE agent = ?1 AND state = 'pending'",
-            params![a.agent],
-            |r| r.get(0),
-        )?;
-        if pending as u64 >= max_pending {
-            return Ok(Inserted::TooMany(pending as u64));
-        }
-        let (data, result_body) = approval_params(a)?;
-        tx.execute(
-            "INSERT INTO approvals (id, state, agent, idempotency_key, deadline, created_at, version, data, body, original_body, result_body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![a.id, a.state.as_str(), a.agent, a.idempotency_key, a.deadline, a.created_at, a.version, data, a.body, a.original_body, result_body],
-        )?;
-        let records = append(&tx, tail, std::slice::from_ref(event), self.key.as_ref())?;
-        tx.commit()?;
-        if let Some(last) = records.last() {
-            *tail = (last.seq, last.hash.clone());
-        }
-        Ok(Inserted::New)
+            let pending: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM approvals WHERE agent = ?1 AND state = 'pending'",
+                params![a.agent],
+                |r| r.get(0),
+            )?;
+            if pending as u64 >= max_pending {
+                return Ok((Inserted::TooMany(pending as u64), vec![]));
+            }
+            let (data, result_body) = approval_params(a)?;
+            tx.execute(
+                "INSERT INTO approvals (id, state, agent, idempotency_key, deadline, created_at, version, data, body, original_body, result_body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![a.id, a.state.as_str(), a.agent, a.idempotency_key, a.deadline, a.created_at, a.version, data, a.body, a.original_body, result_body],
+            )?;
+            Ok((Inserted::New, vec![event.clone()]))
+        })
     }
 
     fn approval(&self, id: &str) -> anyhow::Result<Option<Approval>> {
@@ -554,49 +548,32 @@ impl Store for SqliteStore {
         events: &[Event],
         grant: Option<&Grant>,
     ) -> anyhow::Result<bool> {
-        let mut db = self.db()?;
-        let Db { conn, tail } = &mut *db;
-        let tx = conn.transaction()?;
-        let (data, result_body) = approval_params(a)?;
-        let changed = tx.execute(
-            "UPDATE approvals SET state = ?2, deadline = ?3, version = ?4, data = ?5, body = ?6,
-                    original_body = ?7, result_body = ?8
-             WHERE id = ?1 AND version = ?9",
-            params![
-                a.id,
-                a.state.as_str(),
-                a.deadline,
-                a.version,
-                data,
-                a.body,
-                a.original_body,
-                result_body,
-                expected_version
-            ],
-        )?;
-        if changed == 0 {
-            return Ok(false);
-        }
-        if let Some(g) = grant {
-            tx.execute(
-                "INSERT INTO grants (id, agent, approval, created_at, expires_at, revoked_at, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
+        self.with_audit(|tx| {
+            let (data, result_body) = approval_params(a)?;
+            let changed = tx.execute(
+                "UPDATE approvals SET state = ?2, deadline = ?3, version = ?4, data = ?5, body = ?6,
+                        original_body = ?7, result_body = ?8
+                 WHERE id = ?1 AND version = ?9",
                 params![
-                    g.id,
-                    g.agent,
-                    g.approval,
-                    g.created_at,
-                    g.expires_at,
-                    serde_json::to_string(g)?
+                    a.id,
+                    a.state.as_str(),
+                    a.deadline,
+                    a.version,
+                    data,
+                    a.body,
+                    a.original_body,
+                    result_body,
+                    expected_version
                 ],
             )?;
-        }
-        let records = append(&tx, tail, events, self.key.as_ref())?;
-        tx.commit()?;
-        if let Some(last) = records.last() {
-            *tail = (last.seq, last.hash.clone());
-        }
-        Ok(true)
+            if changed == 0 {
+                return Ok((false, vec![]));
+            }
+            if let Some(g) = grant {
+                grants::insert(tx, g)?;
+            }
+            Ok((true, events.to_vec()))
+        })
     }
 
     fn grants(&self, live_at: Option<i64>, limit: usize) -> anyhow::Result<Vec<Grant>> {

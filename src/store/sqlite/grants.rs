@@ -7,6 +7,23 @@ use super::SqliteStore;
 use crate::audit::chain::Event;
 use crate::gate::model::Grant;
 
+/// Store a new grant inside the transaction of the approval that creates it.
+pub(super) fn insert(tx: &rusqlite::Transaction<'_>, g: &Grant) -> anyhow::Result<()> {
+    tx.execute(
+        "INSERT INTO grants (id, agent, approval, created_at, expires_at, revoked_at, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
+        params![
+            g.id,
+            g.agent,
+            g.approval,
+            g.created_at,
+            g.expires_at,
+            serde_json::to_string(g)?
+        ],
+    )?;
+    Ok(())
+}
+
 pub(super) fn list(
     store: &SqliteStore,
     live_at: Option<i64>,
