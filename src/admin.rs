@@ -54,6 +54,8 @@ pub struct Parts {
     pub metrics: Metrics,
     /// The prompt registry.
     pub prompts: crate::prompts::Registry,
+    /// Notification channels (Slack interactivity, dead letters).
+    pub notify: crate::notify::Notifier,
 }
 
 /// Cheap-to-clone handle to the admin listener's state.
@@ -106,6 +108,7 @@ pub async fn handle(admin: Admin, req: Request<Body>, conn: Arc<ConnInfo>) -> Re
         Public::Dashboard => Ok(dashboard()),
         Public::Login => login(&admin, req, &conn).await,
         Public::Logout => logout(&admin, req, conn.tls).await,
+        Public::SlackInteractions => slack(&admin, req).await,
     };
     answer.unwrap_or_else(AdminError::into_response)
 }
@@ -139,6 +142,30 @@ fn dashboard() -> Response<Body> {
         h.insert(http::header::CONTENT_SECURITY_POLICY, v);
     }
     r
+}
+
+/// `POST /slack/interactions`: Slack signs the raw body, so it is read
+/// whole (small) and handed over untouched.
+async fn slack(admin: &Admin, req: Request<Body>) -> Result<Response<Body>, AdminError> {
+    use crate::notify::interact::Reply;
+    let headers = req.headers().clone();
+    let body = read_limited(admin, req, 64 * 1024).await?;
+    let error = |status: StatusCode, code: &str, message: &str| {
+        json(status, &json!({"error": code, "message": message}))
+    };
+    Ok(
+        match admin.notify.slack_interaction(&headers, &body).await {
+            Reply::Ok => Response::new(full("")),
+            Reply::Json(v) => json(StatusCode::OK, &v),
+            Reply::Unauthorized(why) => error(StatusCode::UNAUTHORIZED, "bad_signature", why),
+            Reply::BadRequest(why) => error(StatusCode::BAD_REQUEST, "bad_payload", &why),
+            Reply::NoSlack => error(
+                StatusCode::NOT_FOUND,
+                "no_slack",
+                "no Slack channel is configured in [notify]",
+            ),
+        },
+    )
 }
 
 fn redirect(location: &'static str, cookie: Option<String>) -> Response<Body> {

@@ -47,6 +47,8 @@ pub struct Handles {
     pub proxy: Proxy,
     /// The admin listener.
     pub admin: Admin,
+    /// Notification channels and their delivery worker.
+    pub notify: crate::notify::Notifier,
 }
 
 /// Build every handle from `config`, with the gate reading `clock`.
@@ -116,6 +118,14 @@ pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
         prompts: prompts.clone(),
         metrics: metrics.clone(),
     });
+    let notify = crate::notify::Notifier::new(crate::notify::Parts {
+        config: config.notify.clone(),
+        store: store.clone(),
+        gate: gate.clone(),
+        directory: directory.clone(),
+        metrics: metrics.notify.clone(),
+    })
+    .context("notification channels")?;
     let admin = Admin::new(admin::Parts {
         config: config.admin.clone(),
         break_glass_roles: config.gate.break_glass_roles.clone(),
@@ -128,6 +138,7 @@ pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
         history: history.clone(),
         metrics,
         prompts,
+        notify: notify.clone(),
     });
     Ok(Handles {
         gate,
@@ -135,6 +146,7 @@ pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
         history,
         proxy,
         admin,
+        notify,
     })
 }
 
@@ -205,6 +217,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .clone()
             .run_deadlines(Duration::from_millis(200), stop_rx.clone()),
     ));
+
+    tasks.push(tokio::spawn(handles.notify.clone().run(stop_rx.clone())));
 
     let demo_addr = match config.demo {
         Some(addr) => {

@@ -7,6 +7,7 @@
 
 pub mod raw;
 mod validate;
+mod validate_notify;
 mod validate_routes;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The prompt registry.
     pub prompts: PromptsConfig,
+    /// Notification channels.
+    pub notify: NotifyConfig,
     /// Built-in demo upstream, if configured.
     pub demo: Option<SocketAddr>,
     /// Agents and humans.
@@ -233,6 +236,138 @@ pub struct PrincipalConfig {
     pub token_sha256: Option<[u8; 32]>,
     /// Names that identify it by client certificate.
     pub cert_names: Vec<String>,
+    /// E-mail address for notifications.
+    pub email: Option<String>,
+    /// The Slack user id that acts as this principal.
+    pub slack_user: Option<String>,
+}
+
+/// A secret read from the environment; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// `[notify]`
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    /// Base URL of the dashboard (no trailing slash).
+    pub dashboard_url: String,
+    /// Channels told about every gated call.
+    pub default: Vec<String>,
+    /// Tries per message before it becomes a dead letter.
+    pub max_attempts: u32,
+    /// First retry delay (doubles per try, with jitter).
+    pub retry_base: Duration,
+    /// Time allowed for one delivery.
+    pub timeout: Duration,
+    /// The channels, by name.
+    pub channels: Vec<ChannelConfig>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> NotifyConfig {
+        NotifyConfig {
+            dashboard_url: "http://127.0.0.1:8081".into(),
+            default: Vec::new(),
+            max_attempts: 8,
+            retry_base: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+            channels: Vec::new(),
+        }
+    }
+}
+
+/// One notification channel.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    /// Unique name.
+    pub name: String,
+    /// Extra CA bundle for its TLS endpoint.
+    pub ca_file: Option<PathBuf>,
+    /// What it is and where it goes.
+    pub kind: ChannelKind,
+}
+
+/// The four kinds of channel.
+#[derive(Debug, Clone)]
+pub enum ChannelKind {
+    /// Slack Web API with a bot token; interactivity verified by the signing secret.
+    Slack {
+        /// Channel name or id.
+        channel: String,
+        /// Bot token.
+        bot_token: Secret,
+        /// Signing secret.
+        signing_secret: Secret,
+        /// Web API base URL, no trailing slash.
+        api_url: Uri,
+    },
+    /// SMTP.
+    Email {
+        /// Server and how to reach it.
+        smtp: SmtpConfig,
+        /// Sender.
+        from: String,
+        /// Fixed recipients.
+        to: Vec<String>,
+        /// Principals holding these roles.
+        to_roles: Vec<String>,
+    },
+    /// Standard Webhooks.
+    Webhook {
+        /// Target.
+        url: Uri,
+        /// The decoded `whsec_` key.
+        secret: Secret,
+    },
+    /// PagerDuty Events v2.
+    PagerDuty {
+        /// Routing (integration) key.
+        routing_key: Secret,
+        /// Events endpoint.
+        events_url: Uri,
+    },
+}
+
+impl ChannelKind {
+    /// `slack`, `email`, `webhook` or `pagerduty`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ChannelKind::Slack { .. } => "slack",
+            ChannelKind::Email { .. } => "email",
+            ChannelKind::Webhook { .. } => "webhook",
+            ChannelKind::PagerDuty { .. } => "pagerduty",
+        }
+    }
+}
+
+/// How to reach an SMTP server.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Host name (also the TLS server name).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Transport security.
+    pub tls: SmtpTls,
+    /// User name and password, if the server wants them.
+    pub credentials: Option<(String, Secret)>,
+}
+
+/// SMTP transport security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain text (`smtp://`; loopback relays).
+    None,
+    /// `smtp://…?tls=starttls`: STARTTLS is required.
+    StartTls,
+    /// `smtps://`: TLS from the first byte.
+    Wrapper,
 }
 
 /// One route.

@@ -20,6 +20,8 @@ pub struct Principal {
     pub owners: Vec<String>,
     /// `input.agent` for this principal, built once.
     pub input: regorus::Value,
+    /// Where notification e-mail for this person goes.
+    pub email: Option<String>,
 }
 
 impl Principal {
@@ -52,6 +54,7 @@ pub struct Directory {
     principals: Vec<Arc<Principal>>,
     tokens: Vec<([u8; 32], usize)>,
     cert_names: HashMap<String, usize>,
+    slack_users: HashMap<String, usize>,
 }
 
 impl Directory {
@@ -64,7 +67,11 @@ impl Directory {
                 roles: c.roles.clone(),
                 owners: c.owners.clone(),
                 input: agent_facts(&c.id, &c.roles),
+                email: c.email.clone(),
             }));
+            if let Some(u) = &c.slack_user {
+                d.slack_users.insert(u.clone(), i);
+            }
             if let Some(h) = c.token_sha256 {
                 d.tokens.push((h, i));
             }
@@ -78,6 +85,18 @@ impl Directory {
     /// The principal by id.
     pub fn get(&self, id: &str) -> Option<&Arc<Principal>> {
         self.principals.iter().find(|p| p.id == id)
+    }
+
+    /// The principal a Slack user id acts as.
+    pub fn by_slack_user(&self, user: &str) -> Option<&Arc<Principal>> {
+        self.slack_users
+            .get(user)
+            .and_then(|i| self.principals.get(*i))
+    }
+
+    /// Every principal, in config order.
+    pub fn all(&self) -> &[Arc<Principal>] {
+        &self.principals
     }
 
     /// Match a presented token. Every stored digest is compared, in constant
@@ -156,6 +175,8 @@ mod tests {
                 owners: vec![],
                 token_sha256: Some(sha256(b"bot-token")),
                 cert_names: vec!["bot.agents.test".into()],
+                email: None,
+                slack_user: None,
             },
             PrincipalConfig {
                 id: "alice".into(),
@@ -163,6 +184,8 @@ mod tests {
                 owners: vec![],
                 token_sha256: Some(sha256(b"alice-token")),
                 cert_names: vec![],
+                email: None,
+                slack_user: None,
             },
         ])
     }

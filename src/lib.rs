@@ -28,6 +28,7 @@
 //!     → proxy, admin, demo       the agents' data plane; the humans' API and dashboard
 //!       → server                 accept loop, TLS, client-certificate identity
 //!         → prompts              prompt registry: versions, labels, promotions through the gate
+//!         → notify               Slack, e-mail, webhooks, PagerDuty: outbox worker, Slack clicks
 //!         → gate                 approvals: Gate handle, pure state machine, execution, grants
 //!           → insights               automation rate, rubber-stamp signals, learned classes
 //!           → policy, upstream, history, audit, identity
@@ -47,6 +48,9 @@
 //!   approval, an act and the time; [`gate::grants`]: time-boxed grants.
 //! - [`prompts`]: versioned prompts; protected labels move through the
 //!   policy and the gate (an [`gate::Executor`] moves them once approved).
+//! - [`notify`]: approval events (from the store's outbox) to Slack, e-mail,
+//!   webhooks and PagerDuty, with retries and dead letters; Slack clicks
+//!   decide through [`gate::Gate::decide`].
 //! - [`insights`]: from the audit trail, the automation rate, reviewers and
 //!   classes that look rubber-stamped, and learned classes to propose.
 //! - [`policy`]: Rego load, compile (VM + interpreter), evaluate on
@@ -75,6 +79,7 @@ pub mod history;
 pub mod http_util;
 pub mod identity;
 pub mod insights;
+pub mod notify;
 pub mod policy;
 pub mod prompts;
 pub mod proxy;

@@ -2,6 +2,7 @@
 //! the embedded SQLite default without touching the pipeline.
 
 pub mod migrations;
+pub mod notify;
 pub mod prompts;
 pub mod sqlite;
 
@@ -105,7 +106,7 @@ pub struct StoredSession {
 
 /// What the rest of Latch needs from storage. Calls are blocking; callers on
 /// the async side use a dedicated thread or `spawn_blocking`.
-pub trait Store: prompts::PromptStore + Send + Sync + 'static {
+pub trait Store: prompts::PromptStore + notify::NotifyStore + Send + Sync + 'static {
     /// Every known action class.
     fn load_history(&self) -> anyhow::Result<Vec<HistoryRow>>;
     /// Insert or replace these action classes, atomically.

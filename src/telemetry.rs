@@ -51,6 +51,61 @@ pub struct Metrics {
     pub break_glass_by: IntCounterVec,
     /// Age of the oldest pending approval, by risk (0 when none).
     pub oldest_pending: prometheus::GaugeVec,
+    /// Notification delivery.
+    pub notify: NotifyMetrics,
+}
+
+/// `latch_notify_*`.
+#[derive(Clone)]
+pub struct NotifyMetrics {
+    /// Delivery tries by channel, message kind and outcome (`sent`, `retry`, `dead`).
+    pub sent: IntCounterVec,
+    /// Events and messages waiting to be delivered.
+    pub queue_depth: IntGauge,
+    /// Time from the event to its delivery, by channel.
+    pub delivery_seconds: HistogramVec,
+    /// Messages given up on (kept for the admin API and a retry).
+    pub dead_letters: IntGauge,
+}
+
+impl NotifyMetrics {
+    fn new(registry: &Registry) -> anyhow::Result<NotifyMetrics> {
+        let sent = IntCounterVec::new(
+            Opts::new(
+                "latch_notify_sent_total",
+                "Notification delivery tries by channel, message kind and outcome (sent, retry, dead)",
+            ),
+            &["channel", "kind", "outcome"],
+        )?;
+        let queue_depth = IntGauge::new(
+            "latch_notify_queue_depth",
+            "Approval events and notification messages not yet delivered",
+        )?;
+        let delivery_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "latch_notify_delivery_seconds",
+                "Time from an approval event to its notification being delivered",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+            ]),
+            &["channel"],
+        )?;
+        let dead_letters = IntGauge::new(
+            "latch_notify_dead_letters",
+            "Notifications given up on after their retries (see /api/v1/notify/dead-letters)",
+        )?;
+        registry.register(Box::new(sent.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(delivery_seconds.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
+        Ok(NotifyMetrics {
+            sent,
+            queue_depth,
+            delivery_seconds,
+            dead_letters,
+        })
+    }
 }
 
 impl Metrics {
@@ -191,6 +246,7 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(policy_info.clone()))?;
         registry.register(Box::new(policy_errors.clone()))?;
+        let notify = NotifyMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
             requests,
@@ -212,6 +268,7 @@ impl Metrics {
             reviewer_decision,
             break_glass_by,
             oldest_pending,
+            notify,
         })
     }
 

@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("demo", 70),
     ("server", 65),
     ("prompts", 62),
+    ("notify", 62),
     ("gate", 60),
     ("policy", 50),
     ("upstream", 50),

@@ -104,6 +104,35 @@ async fn serve(
             Ok(ok(&grant_view(&g, admin.gate.now_ms())))
         }
         ApiOp::Insights => insights(admin, &query).await.map(|v| ok(&v)),
+        ApiOp::DeadLetters => {
+            let limit = match query
+                .get("limit")
+                .and_then(|v| v.first())
+                .map(|l| l.parse::<usize>())
+            {
+                None => 100,
+                Some(Ok(n)) if (1..=1000).contains(&n) => n,
+                Some(_) => return Err(bad_query("bad_limit", "limit must be 1 to 1000")),
+            };
+            let list = admin
+                .notify
+                .dead_letters(limit)
+                .await
+                .map_err(AdminError::Store)?;
+            Ok(ok(&json!({"dead_letters": list})))
+        }
+        ApiOp::RetryDeadLetter => {
+            let n: i64 = id.parse().map_err(|_| AdminError::NoEndpoint)?;
+            if !admin
+                .notify
+                .retry_dead(n)
+                .await
+                .map_err(AdminError::Store)?
+            {
+                return Err(AdminError::Invalid(format!("{n} is not a dead letter")));
+            }
+            Ok(ok(&json!({"id": n, "state": "pending"})))
+        }
         _ => Err(AdminError::NoEndpoint),
     }
 }

@@ -6,7 +6,9 @@ use http::Method;
 use serde_json::{json, Map, Value};
 
 mod schemas;
+mod table;
 use schemas::schemas;
+pub use table::endpoints;
 
 /// What a route does: a public page or endpoint, or an operation of the
 /// humans' API (which needs a reviewer's credentials).
@@ -45,6 +47,8 @@ pub enum Public {
     Login,
     /// End the session.
     Logout,
+    /// Slack interactivity (signed by Slack, not by a bearer token).
+    SlackInteractions,
 }
 
 /// An operation of the humans' API.
@@ -94,6 +98,10 @@ pub enum ApiOp {
     MoveLabel,
     /// Move a label back to its previous version.
     RollbackLabel,
+    /// Notifications given up on.
+    DeadLetters,
+    /// Queue a dead letter again.
+    RetryDeadLetter,
 }
 
 /// One route.
@@ -117,348 +125,6 @@ pub struct Endpoint {
 }
 
 const DECIDE_ERRORS: &[u16] = &[400, 401, 403, 404, 409, 413, 422, 503];
-
-/// Every admin route.
-pub fn endpoints() -> Vec<Endpoint> {
-    let e = |method, path, op, summary, auth, query, body, ok| Endpoint {
-        method,
-        path,
-        op,
-        summary,
-        auth,
-        query,
-        body,
-        ok,
-    };
-    vec![
-        e(
-            Method::GET,
-            "/",
-            Op::Public(Public::Dashboard),
-            "The reviewers' dashboard (HTML)",
-            false,
-            &[],
-            None,
-            (200, "Html"),
-        ),
-        e(
-            Method::POST,
-            "/login",
-            Op::Public(Public::Login),
-            "Log in with a bearer token (form field `token`); sets the session cookie",
-            false,
-            &[],
-            Some(
-                r#"{"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}"#,
-            ),
-            (303, "Empty"),
-        ),
-        e(
-            Method::POST,
-            "/logout",
-            Op::Public(Public::Logout),
-            "End the session (form field `csrf` or header x-csrf-token)",
-            false,
-            &[],
-            Some(r#"{"type": "object", "properties": {"csrf": {"type": "string"}}}"#),
-            (303, "Empty"),
-        ),
-        e(
-            Method::GET,
-            "/api/v1/session",
-            Op::Api(ApiOp::Session),
-            "The logged-in reviewer and the CSRF token",
-            true,
-            &[],
-            None,
-            (200, "SessionInfo"),
-        ),
-        e(
-            Method::GET,
-            "/api/v1/events",
-            Op::Api(ApiOp::Events),
-            "Server-sent events: `approval` with {id, state, level} on every change",
-            true,
-            &[],
-            None,
-            (200, "EventStream"),
-        ),
-        e(
-            Method::GET,
-            "/healthz",
-            Op::Public(Public::Healthz),
-            "Liveness",
-            false,
-            &[],
-            None,
-            (200, "Status"),
-        ),
-        e(
-            Method::GET,
-            "/readyz",
-            Op::Public(Public::Readyz),
-            "Readiness: store and policy set",
-            false,
-            &[],
-            None,
-            (200, "Ready"),
-        ),
-        e(
-            Method::GET,
-            "/metrics",
-            Op::Public(Public::Metrics),
-            "Prometheus metrics (text format)",
-            false,
-            &[],
-            None,
-            (200, "Metrics"),
-        ),
-        e(
-            Method::GET,
-            "/api/openapi.json",
-            Op::Public(Public::OpenApi),
-            "This document",
-            false,
-            &[],
-            None,
-            (200, "OpenApi"),
-        ),
-        e(
-            Method::GET,
-            "/api/v1/approvals",
-            Op::Api(ApiOp::ListApprovals),
-            "List approvals, one page at a time (pending ones soonest deadline first, others newest first)",
-            true,
-            &[
-                (
-                    "status",
-                    "pending, approved, executing, executed, rejected, expired, cancelled or failed",
-                ),
-                ("agent", "only this agent's approvals"),
-                ("limit", "page size, 1 to 1000 (default 100)"),
-                ("cursor", "next_cursor of the previous page"),
-            ],
-            None,
-            (200, "ApprovalList"),
-        ),
-        e(
-            Method::GET,
-            "/api/v1/approvals/{id}",
-            Op::Api(ApiOp::GetApproval),
-            "One approval",
-            true,
-            &[],
-            None,
-            (200, "Approval"),
-        ),
-        e(
-            Method::POST,
-            "/api/v1/approvals/{id}/approve",
-            Op::Api(ApiOp::Approve),
-            "Approve the current body",
-            true,
-            &[],
-            Some(
-                r#"{"type": "object", "properties": {"comment": {"type": "string"}, "grant": {"type": "object", "required": ["ttl_s"], "properties": {"ttl_s": {"type": "integer", "minimum": 1}, "class_args": {"type": "array", "items": {"type": "string"}}}}}}"#,
-            ),
-            (200, "Approval"),
-        ),
-        e(
-            Method::POST,
-            "/api/v1/approvals/{id}/reject",
-            Op::Api(ApiOp::Reject),
-            "Reject (the reason is returned to the agent)",
-            true,
-            &[],
-            Some(
-                r#"{"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}, "code": {"type": "string"}}}"#,
-            ),
-            (200, "Approval"),
-        ),
-        e(
-            Method::POST,
-            "/api/v1/approvals/{id}/modify",
-            Op::Api(ApiOp::Modify),
-            "Replace the body; counts as the modifier's approval of the new body",
-            true,
-            &[],
-            Some(
-                r#"{"type": "object", "required": ["body"], "properties": {"body": {}, "comment": {"type": "string"}}}"#,
-            ),
-            (200, "Approval"),
-        ),
-        e(
-            Method::POST,
-            "/api/v1/approvals/{id}/override",
-            Op::Api(ApiOp::Override),
-            "Break-glass: approve now (break-glass roles only, reason required)",
-            true,
-            &[],
-            Some(
-                r#"{"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}}"#,
-            ),
-            (200, "Approval"),
-        ),
-        e(
-            Method::GET,
-            "/api/v1/audit",
-            Op::Api(ApiOp::Audit),
-            "Audit records, oldest first",
-            true,
-            &[
-                ("since", "RFC 3339 time; records at or after it"),
-                ("after", "sequence number; records after it"),
-                ("subject", "only records about this request or approval id"),
-                ("limit", "at most this many (default 1000, max 10000)"),
-            ],
-            None,
-            (200, "AuditPage"),
-        ),
-        e(
-            Method::GET,
-            "/api/v1/grants",
-            Op::Api(ApiOp::ListGrants),
-            "Time-boxed grants, newest first",
-            true,
-            &[
-                ("status", "live (default) or all"),
-                ("limit", "at most this many, 1 to 1000 (default 100)"),
-            ],
-            None,
-            (200, "GrantList"),
-        ),
-        e(
-            Method::GET,
-            "/api/v1/grants/{id}",
-            Op::Api(ApiOp::GetGrant),
-            "One grant",
-            true,
-            &[],
-            None,
-            (200, "Grant"),
-        ),
-        e(
-            Method::DELETE,
-            "/api/v1/grants/{id}",
-            Op::Api(ApiOp::RevokeGrant),
-            "Revoke a grant: calls it covered need approval again",
-            true,
-            &[],
-            Some(r#"{"type": "object", "properties": {"reason": {"type": "string"}}}"#),
-            (200, "Grant"),
-        ),
-        e(
-            Method::GET,
-            "/api/v1/insights",
-            Op::Api(ApiOp::Insights),
-            "Automation rate (per tool and overall, and if learned classes were adopted), rubber-stamp signals per reviewer and class",
-            true,
-            &[
-                ("days", "window in days, 1 to 90 (default 1)"),
-                ("min", "decisions before a reviewer or class counts (default 5)"),
-                ("fast_s", "a median decision time under this is fast (default 10)"),
-            ],
-            None,
-            (200, "Insights"),
-        ),
-        e(
-            Method::POST,
-            "/api/v1/prompts",
-            Op::Api(ApiOp::PushPrompt),
-            "Push a prompt version (editors); identical content is not a new version",
-            true,
-            &[],
-            Some(
-                r#"{"type": "object", "required": ["name", "template"], "properties": {"name": {"type": "string"}, "template": {"type": "string"}, "variables": {"type": "array", "items": {"type": "string"}}, "config": {}, "message": {"type": "string"}, "checks": {"type": "array"}}}"#,
-            ),
-            (201, "PromptVersion"),
-        ),
-        e(
-            Method::GET,
-            "/api/v1/prompts",
-            Op::Api(ApiOp::ListPrompts),
-            "Prompts with their labels and latest version",
-            true,
-            &[],
-            None,
-            (200, "PromptList"),
-        ),
-        e(
-            Method::GET,
-            "/api/v1/prompts/{id}",
-            Op::Api(ApiOp::GetPrompt),
-            "One prompt: labels, versions, label history, pending promotions",
-            true,
-            &[],
-            None,
-            (200, "Prompt"),
-        ),
-        e(
-            Method::GET,
-            "/api/v1/prompts/{id}/versions/{version}",
-            Op::Api(ApiOp::GetPromptVersion),
-            "One version: template, variables, config, checks and evaluations",
-            true,
-            &[],
-            None,
-            (200, "PromptVersion"),
-        ),
-        e(
-            Method::POST,
-            "/api/v1/prompts/{id}/versions/{version}/evaluations",
-            Op::Api(ApiOp::AddEvaluation),
-            "Attach an evaluation result (e.g. from CI) to a version",
-            true,
-            &[],
-            Some(
-                r#"{"type": "object", "required": ["name", "passed"], "properties": {"name": {"type": "string"}, "score": {"type": "number"}, "passed": {"type": "boolean"}, "url": {"type": "string"}}}"#,
-            ),
-            (200, "PromptVersion"),
-        ),
-        e(
-            Method::GET,
-            "/api/v1/prompts/{id}/diff",
-            Op::Api(ApiOp::DiffPrompt),
-            "Line diff between two versions",
-            true,
-            &[("from", "version"), ("to", "version")],
-            None,
-            (200, "PromptDiff"),
-        ),
-        e(
-            Method::POST,
-            "/api/v1/prompts/{id}/labels/{label}",
-            Op::Api(ApiOp::MoveLabel),
-            "Point a label at a version: 200 moved; protected labels: 202 held for approval or 403 denied by the policy",
-            true,
-            &[],
-            Some(
-                r#"{"type": "object", "required": ["version"], "properties": {"version": {"type": "integer"}, "reason": {"type": "string"}}}"#,
-            ),
-            (200, "LabelMove"),
-        ),
-        e(
-            Method::POST,
-            "/api/v1/prompts/{id}/labels/{label}/rollback",
-            Op::Api(ApiOp::RollbackLabel),
-            "Point a label back at the version it held before its latest move",
-            true,
-            &[],
-            Some(r#"{"type": "object", "properties": {"reason": {"type": "string"}}}"#),
-            (200, "LabelMove"),
-        ),
-        e(
-            Method::POST,
-            "/api/v1/policy/reload",
-            Op::Api(ApiOp::ReloadPolicy),
-            "Compile and test the policy directory; swap it in if it passes",
-            true,
-            &[],
-            None,
-            (200, "Reloaded"),
-        ),
-    ]
-}
 
 /// How a request matched the table.
 pub enum Resolved {
@@ -540,6 +206,7 @@ pub fn openapi(table: &[Endpoint]) -> Value {
         ) {
             (true, true) => DECIDE_ERRORS,
             (true, false) => &[401, 403, 404, 503],
+            (false, _) if e.op == Op::Public(Public::SlackInteractions) => &[400, 401, 404, 413],
             (false, _) => &[503],
         };
         for code in errors {
@@ -559,7 +226,10 @@ pub fn openapi(table: &[Endpoint]) -> Value {
         }
         if let Some(body) = e.body {
             let schema: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-            let media = if matches!(e.op, Op::Public(Public::Login) | Op::Public(Public::Logout)) {
+            let media = if matches!(
+                e.op,
+                Op::Public(Public::Login | Public::Logout | Public::SlackInteractions)
+            ) {
                 "application/x-www-form-urlencoded"
             } else {
                 "application/json"

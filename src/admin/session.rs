@@ -198,6 +198,8 @@ mod tests {
             owners: vec![],
             token_sha256: None,
             cert_names: vec![],
+            email: None,
+            slack_user: None,
         };
         let dir = Arc::new(Directory::new(&[cfg]));
         let store: Arc<dyn Store> =

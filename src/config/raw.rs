@@ -36,6 +36,8 @@ pub struct RawConfig {
     /// The prompt registry.
     #[serde(default)]
     pub prompts: RawPrompts,
+    /// Where reviewers hear about held calls (Slack, e-mail, webhooks, PagerDuty).
+    pub notify: Option<RawNotify>,
     /// The built-in demo tool upstream (for the README demo and tests).
     pub demo: Option<RawDemo>,
     /// Agents and humans.
@@ -202,6 +204,69 @@ pub struct RawPrincipal {
     /// principal on an mTLS proxy listener.
     #[serde(default)]
     pub cert_names: Vec<String>,
+    /// Where e-mail notifications for this person go.
+    pub email: Option<String>,
+    /// The Slack user id that acts as this principal from Slack.
+    pub slack_user: Option<String>,
+}
+
+/// `[notify]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// Base URL of the dashboard, for links in every message.
+    pub dashboard_url: Option<Spanned<String>>,
+    /// Channels told about every gated call.
+    pub default: Option<Spanned<Vec<String>>>,
+    /// Tries per message before it is parked as a dead letter (default 8).
+    pub max_attempts: Option<Spanned<u64>>,
+    /// First retry delay; it doubles per try, with jitter (default 1000).
+    pub retry_base_ms: Option<Spanned<u64>>,
+    /// Time allowed for one delivery (default 10000).
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// The channels.
+    #[serde(default)]
+    pub channels: Vec<Spanned<RawChannel>>,
+}
+
+/// `[[notify.channels]]`: one flat table; which keys apply depends on `kind`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    /// Unique name, used by `default`, `approval.notify` and `escalate[i].notify`.
+    pub name: String,
+    /// `slack`, `email`, `webhook` or `pagerduty`.
+    pub kind: Spanned<String>,
+    /// Slack: the channel to post in (`#approvals` or an id).
+    pub channel: Option<Spanned<String>>,
+    /// Slack: environment variable holding the bot token (`xoxb-…`).
+    pub bot_token_env: Option<Spanned<String>>,
+    /// Slack: environment variable holding the app's signing secret.
+    pub signing_secret_env: Option<Spanned<String>>,
+    /// Slack: Web API base URL (default `https://slack.com/api`).
+    pub api_url: Option<Spanned<String>>,
+    /// E-mail: `smtp://host:port` (`?tls=starttls` to require STARTTLS) or `smtps://host:port`.
+    pub smtp_url: Option<Spanned<String>>,
+    /// E-mail: SMTP user name.
+    pub username: Option<Spanned<String>>,
+    /// E-mail: environment variable holding the SMTP password.
+    pub password_env: Option<Spanned<String>>,
+    /// E-mail: sender address.
+    pub from: Option<Spanned<String>>,
+    /// E-mail: fixed recipients.
+    pub to: Option<Spanned<Vec<String>>>,
+    /// E-mail: principals holding these roles (their `email`).
+    pub to_roles: Option<Spanned<Vec<String>>>,
+    /// Webhook: where events are POSTed.
+    pub url: Option<Spanned<String>>,
+    /// Webhook: environment variable holding the `whsec_…` secret.
+    pub secret_env: Option<Spanned<String>>,
+    /// PagerDuty: environment variable holding the Events v2 routing key.
+    pub routing_key_env: Option<Spanned<String>>,
+    /// PagerDuty: Events v2 URL (default `https://events.pagerduty.com/v2/enqueue`).
+    pub events_url: Option<Spanned<String>>,
+    /// Extra PEM CA bundle trusted for this channel's https or TLS endpoint.
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// `[[routes]]`

@@ -312,6 +312,7 @@ impl Validator<'_> {
         };
         let principals = self.principals(raw.principals, env);
         let routes = self.routes(raw.routes, base, env, &proxy, policy.mode);
+        let notify = self.notify(raw.notify, base, env, &principals);
         Config {
             path: self.file.clone(),
             proxy,
@@ -336,6 +337,7 @@ impl Validator<'_> {
                     protected_labels: raw.prompts.protected_labels.unwrap_or(d.protected_labels),
                 }
             },
+            notify,
             demo,
             principals,
             routes,

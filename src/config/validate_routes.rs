@@ -87,7 +87,18 @@ impl Validator<'_> {
                 owners: p.owners,
                 token_sha256,
                 cert_names: p.cert_names,
+                email: p.email,
+                slack_user: p.slack_user,
             });
+        }
+        let mut slack_users = HashSet::new();
+        for (i, p) in out.iter().enumerate() {
+            if let Some(u) = &p.slack_user {
+                if u.trim().is_empty() || !slack_users.insert(u.as_str()) {
+                    let msg = format!("`{u}` must be unique and not empty");
+                    self.error(None, &format!("principals[{i}].slack_user"), msg);
+                }
+            }
         }
         let ids: HashSet<&str> = out.iter().map(|p| p.id.as_str()).collect();
         let mut unknown = Vec::new();

@@ -94,6 +94,9 @@ pub struct Escalation {
     /// Seconds before this level times out.
     #[serde(default = "default_timeout")]
     pub timeout_s: u64,
+    /// Channels told when the approval reaches this level (`[[notify.channels]]` names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
 }
 
 /// Who must approve a gated call, and by when.
@@ -118,6 +121,9 @@ pub struct ApprovalSpec {
     /// (`false`: every such call needs its own approval).
     #[serde(default = "default_grantable", skip_serializing_if = "is_true")]
     pub grantable: bool,
+    /// Channels told about this call besides `[notify] default`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
 }
 
 fn default_timeout() -> u64 {
@@ -208,6 +214,11 @@ impl Decision {
             spec.mode = Mode::Explicit;
         }
         spec.grantable &= extra.grantable;
+        for n in &extra.notify {
+            if !spec.notify.contains(n) {
+                spec.notify.push(n.clone());
+            }
+        }
         d
     }
 

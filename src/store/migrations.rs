@@ -93,4 +93,27 @@ pub const MIGRATIONS: &[&str] = &[
         at    INTEGER NOT NULL,
         data  TEXT NOT NULL
      );",
+    "CREATE TABLE notify_outbox (seq INTEGER PRIMARY KEY);
+     CREATE TABLE notify_deliveries (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        approval    TEXT NOT NULL,
+        channel     TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        payload     TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        state       TEXT NOT NULL DEFAULT 'pending',
+        next_at     INTEGER NOT NULL,
+        lease_until INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT
+     );
+     CREATE INDEX notify_due ON notify_deliveries(state, next_at);
+     CREATE INDEX notify_key ON notify_deliveries(approval, channel, id);
+     CREATE TABLE notify_slack (
+        approval      TEXT NOT NULL,
+        channel       TEXT NOT NULL,
+        slack_channel TEXT NOT NULL,
+        ts            TEXT NOT NULL,
+        PRIMARY KEY (approval, channel)
+     );",
 ];

@@ -13,6 +13,7 @@ use super::{ApprovalQuery, HistoryRow, Inserted, Store, StoredSession};
 use crate::audit::chain::{self as audit, AuditKey, Event, Head, Record};
 use crate::gate::model::{Approval, Grant, State};
 use crate::history::stats::Stats;
+use chain::{append, row_to_record};
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -143,6 +144,7 @@ impl SqliteStore {
         let tx = conn.transaction()?;
         let (out, events) = body(&tx)?;
         let records = append(&tx, tail, &events, self.key.as_ref())?;
+        notify::outbox(&tx, &records)?;
         tx.commit()?;
         if let Some(last) = records.last() {
             *tail = (last.seq, last.hash.clone());
@@ -164,70 +166,6 @@ impl std::ops::DerefMut for ConnGuard<'_> {
     fn deref_mut(&mut self) -> &mut Connection {
         &mut self.0.conn
     }
-}
-
-/// Server-clock UTC time for audit records.
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
-/// Append `events` inside `tx` and move the head with them; the caller
-/// advances `tail` once it commits.
-fn append(
-    tx: &rusqlite::Transaction<'_>,
-    tail: &(i64, String),
-    events: &[Event],
-    key: Option<&AuditKey>,
-) -> anyhow::Result<Vec<Record>> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO audit (seq, ts, actor, event, subject, details, prev_hash, hash, mac)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
-    let (mut seq, mut prev) = tail.clone();
-    let mut out = Vec::with_capacity(events.len());
-    for e in events {
-        seq += 1;
-        let r = audit::seal(seq, now_rfc3339(), e.clone(), prev, key);
-        stmt.execute(params![
-            r.seq,
-            r.ts,
-            r.actor,
-            r.event,
-            r.subject,
-            r.details.to_string(),
-            r.prev_hash,
-            r.hash,
-            r.mac
-        ])?;
-        prev = r.hash.clone();
-        out.push(r);
-    }
-    tx.prepare_cached(
-        "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?1, ?2, ?3)
-         ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
-    )?
-    .execute(params![seq, prev, key.map(|k| k.head_mac(seq, &prev))])?;
-    Ok(out)
-}
-
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
-    let details: String = r.get(5)?;
-    Ok(Record {
-        seq: r.get(0)?,
-        ts: r.get(1)?,
-        actor: r.get(2)?,
-        event: r.get(3)?,
-        subject: r.get(4)?,
-        // A details column that no longer parses is kept as a string, so
-        // verification reports the record as altered instead of failing to read.
-        details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
-        prev_hash: r.get(6)?,
-        hash: r.get(7)?,
-        mac: r.get(8)?,
-    })
 }
 
 const APPROVAL_COLUMNS: &str = "data, body, original_body, result_body";
@@ -589,7 +527,9 @@ impl Store for SqliteStore {
     }
 }
 
+mod chain;
 mod grants;
+mod notify;
 mod prompts;
 #[cfg(test)]
 mod tests;

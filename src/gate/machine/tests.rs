@@ -10,6 +10,8 @@ fn directory() -> Directory {
         owners: owners.iter().map(|o| o.to_string()).collect(),
         token_sha256: None,
         cert_names: vec![],
+        email: None,
+        slack_user: None,
     };
     Directory::new(&[
         p("bot", &["agent"], &["carol"]),
@@ -78,6 +80,7 @@ fn spec(require: Vec<Requirement>) -> ApprovalSpec {
         escalate: vec![],
         mode: Mode::Explicit,
         grantable: true,
+        notify: vec![],
     }
 }
 
@@ -255,6 +258,7 @@ fn deadlines_follow_the_spec() {
     s.escalate = vec![Escalation {
         require: req("director"),
         timeout_s: 3600,
+        notify: vec![],
     }];
     let t = on_deadline(&approval(s.clone()), 60_000).unwrap();
     assert_eq!((t.next.level, t.next.deadline), (1, 60_000 + 3_600_000));
