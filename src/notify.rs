@@ -181,7 +181,9 @@ impl Notifier {
             }
         }
         self.measure().await;
-        Ok(fanned > 0 || due.len() == BATCH)
+        // After a delivery the next message of the same approval and
+        // channel may be due at once (a Slack edit after its post).
+        Ok(fanned > 0 || !due.is_empty())
     }
 
     /// Turn outbox records into deliveries; how many records were taken.

@@ -304,6 +304,11 @@ impl TestLatch {
 
     /// Start from a whole config text (see [`config_text`]) and a policy.
     pub async fn start_text(config_text: String, policy: &str) -> TestLatch {
+        Self::start_env(config_text, policy, &[]).await
+    }
+
+    /// Like [`TestLatch::start_text`], with extra environment variables.
+    pub async fn start_env(config_text: String, policy: &str, env: &[(&str, &str)]) -> TestLatch {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("policies")).unwrap();
         std::fs::write(dir.path().join("policies/test.rego"), policy).unwrap();
@@ -313,6 +318,9 @@ impl TestLatch {
             config_text,
             env: test_env(),
         };
+        for (k, v) in env {
+            t.env.insert(k.to_string(), v.to_string());
+        }
         t.boot().await;
         t
     }

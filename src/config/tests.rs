@@ -130,3 +130,117 @@ fn hardening_keys_are_validated_with_their_lines() {
     assert_eq!(c.gate.max_pending_per_agent, 100);
     assert!(c.audit.key.is_none());
 }
+
+const NOTIFY: &str = r##"[notify]
+default = ["approvals-slack", "nowhere"]
+
+[[notify.channels]]
+name = "approvals-slack"
+kind = "slack"
+channel = "#approvals"
+bot_token_env = "SLACK_BOT_TOKEN"
+signing_secret_env = "MISSING_SECRET"
+
+[[notify.channels]]
+name = "hooks"
+kind = "webhook"
+url = "https://hooks.example.com/latch"
+secret_env = "API_KEY"
+smtp_url = "smtp://x:25"
+
+[[notify.channels]]
+name = "mail"
+kind = "email"
+smtp_url = "smtp://mail.example.com?tls=starttls"
+from = "latch@example.com"
+to_roles = ["lead"]
+
+[[notify.channels]]
+name = "pager"
+kind = "teams"
+"##;
+
+#[test]
+fn notify_channels_name_their_problems_with_lines() {
+    let errs = errors(NOTIFY);
+    let has = |needle: &str| errs.iter().any(|e| e.contains(needle));
+    // Unknown channel in default (line 2), missing secret env (line 9),
+    // a non-whsec secret, a key of another kind, a role nobody can be
+    // mailed at, an unknown kind (line 27).
+    assert!(
+        has(":2: notify.default: `nowhere` is not a channel"),
+        "{errs:?}"
+    );
+    assert!(has(":9: notify.channels[0].signing_secret_env: environment variable MISSING_SECRET is not set"), "{errs:?}");
+    assert!(
+        has("notify.channels[1].secret_env: the secret in API_KEY must be whsec_"),
+        "{errs:?}"
+    );
+    assert!(
+        has(":16: notify.channels[1].smtp_url: does not apply to a webhook channel"),
+        "{errs:?}"
+    );
+    assert!(
+        has("notify.channels[2].to_roles: no principal with role `lead` has an email"),
+        "{errs:?}"
+    );
+    assert!(
+        has(":27: notify.channels[3].kind: `teams` must be slack"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn notify_channels_and_contact_points_parse() {
+    let text = r#"[notify]
+dashboard_url = "https://latch.example.com/"
+default = ["hooks"]
+max_attempts = 3
+
+[[notify.channels]]
+name = "hooks"
+kind = "webhook"
+url = "https://hooks.example.com/latch"
+secret_env = "HOOK"
+
+[[principals]]
+id = "lena"
+roles = ["lead"]
+email = "lena@example.com"
+slack_user = "U0LENA"
+
+[[principals]]
+id = "lars"
+slack_user = "U0LENA"
+"#;
+    let mut env = BTreeMap::new();
+    env.insert(
+        "HOOK".to_string(),
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
+    );
+    let errs = Config::parse(Path::new("/l.toml"), text, &env).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0]
+        .to_string()
+        .contains("principals[1].slack_user: `U0LENA` must be unique"));
+    let c = Config::parse(
+        Path::new("/l.toml"),
+        &text.replace("id = \"lars\"\nslack_user = \"U0LENA\"", "id = \"lars\""),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.notify.dashboard_url, "https://latch.example.com");
+    assert_eq!(
+        (c.notify.default.as_slice(), c.notify.max_attempts),
+        (&["hooks".to_string()][..], 3)
+    );
+    assert!(matches!(
+        c.notify.channels[0].kind,
+        ChannelKind::Webhook { .. }
+    ));
+    assert_eq!(c.principals[0].slack_user.as_deref(), Some("U0LENA"));
+    assert!(
+        !format!("{:?}", c.notify).contains("MfKQ9r8"),
+        "secrets are not printed"
+    );
+}

@@ -121,21 +121,23 @@ impl Validator<'_> {
             .as_ref()
             .map(|f| self.path(base, f, &format!("{key}.ca_file"), true));
         let kind = match kind {
-            "slack" => ChannelKind::Slack {
-                channel: self.required(&c.channel, key, "channel", &span)?,
-                bot_token: self.secret(&c.bot_token_env, key, "bot_token_env", &span, env)?,
-                signing_secret: self.secret(
-                    &c.signing_secret_env,
-                    key,
-                    "signing_secret_env",
-                    &span,
-                    env,
-                )?,
-                api_url: match &c.api_url {
-                    None => Uri::from_static("https://slack.com/api"),
-                    Some(u) => self.http_url(u, &format!("{key}.api_url"))?,
-                },
-            },
+            "slack" => {
+                // Every problem is reported, not just the first.
+                let channel = self.required(&c.channel, key, "channel", &span);
+                let token = self.secret(&c.bot_token_env, key, "bot_token_env", &span, env);
+                let signing =
+                    self.secret(&c.signing_secret_env, key, "signing_secret_env", &span, env);
+                let api_url = match &c.api_url {
+                    None => Some(Uri::from_static("https://slack.com/api")),
+                    Some(u) => self.http_url(u, &format!("{key}.api_url")),
+                };
+                ChannelKind::Slack {
+                    channel: channel?,
+                    bot_token: token?,
+                    signing_secret: signing?,
+                    api_url: api_url?,
+                }
+            }
             "email" => {
                 let url = self.required(&c.smtp_url, key, "smtp_url", &span)?;
                 let smtp_key = format!("{key}.smtp_url");
@@ -193,33 +195,34 @@ impl Validator<'_> {
                 }
             }
             "webhook" => {
-                let url = self.required_url(&c.url, key, "url", &span)?;
+                let url = self.required_url(&c.url, key, "url", &span);
                 let secret = self.secret(&c.secret_env, key, "secret_env", &span, env)?;
                 let decoded = secret
                     .0
                     .strip_prefix("whsec_")
                     .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
                 if decoded.is_none_or(|k| k.len() < 24) {
-                    let var = c
-                        .secret_env
-                        .as_ref()
-                        .map(|s| s.get_ref().as_str())
-                        .unwrap_or("");
+                    let var = c.secret_env.as_ref();
+                    let name = var.map(|s| s.get_ref().as_str()).unwrap_or("");
                     let msg = format!(
-                        "the secret in {var} must be whsec_ followed by base64 of at least 24 bytes"
+                        "the secret in {name} must be whsec_ followed by base64 of at least 24 bytes"
                     );
-                    self.error(Some(span.clone()), &format!("{key}.secret_env"), msg);
+                    self.error(var.map(|v| v.span()), &format!("{key}.secret_env"), msg);
                     return None;
                 }
-                ChannelKind::Webhook { url, secret }
+                ChannelKind::Webhook { url: url?, secret }
             }
-            _ => ChannelKind::PagerDuty {
-                routing_key: self.secret(&c.routing_key_env, key, "routing_key_env", &span, env)?,
-                events_url: match &c.events_url {
-                    None => Uri::from_static("https://events.pagerduty.com/v2/enqueue"),
-                    Some(u) => self.http_url(u, &format!("{key}.events_url"))?,
-                },
-            },
+            _ => {
+                let key_of = self.secret(&c.routing_key_env, key, "routing_key_env", &span, env);
+                let events_url = match &c.events_url {
+                    None => Some(Uri::from_static("https://events.pagerduty.com/v2/enqueue")),
+                    Some(u) => self.http_url(u, &format!("{key}.events_url")),
+                };
+                ChannelKind::PagerDuty {
+                    routing_key: key_of?,
+                    events_url: events_url?,
+                }
+            }
         };
         Some(ChannelConfig {
             name: c.name,
