@@ -29,7 +29,9 @@ use crate::http_util::{boxed_request, json, Body};
 use crate::server::{self, ConnInfo, ListenerOptions};
 
 mod fixtures;
+mod stub;
 pub use fixtures::*;
+pub use stub::{Answerer, Stub};
 
 /// What the upstream received.
 #[derive(Debug, Clone)]

@@ -676,3 +676,58 @@ async fn reviewers_review_prompt_promotions_in_a_real_browser() {
     open_prompt(&d, "production → v2").await;
     d.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_from_a_notification_opens_its_approval_and_dead_letters_are_retried() {
+    let Some(d) = Driver::start().await else {
+        return;
+    };
+    let up = Upstream::start().await;
+    // The receiver fails the first message (given up at once), then recovers.
+    let hooks = Stub::start(std::sync::Arc::new(|_: &str, n: usize| {
+        if n == 0 {
+            (500, vec![], "{}".into())
+        } else {
+            (200, vec![], "{}".into())
+        }
+    }))
+    .await;
+    let extra = format!(
+        "[notify]\ndefault = [\"hooks\"]\nmax_attempts = 1\n\n[[notify.channels]]\nname = \"hooks\"\nkind = \"webhook\"\nurl = \"{}/events\"\nsecret_env = \"HOOK_SECRET\"\n",
+        hooks.url()
+    );
+    let latch = TestLatch::start_env(
+        config_text(&up.url(), &extra),
+        TEST_POLICY,
+        &[("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")],
+    )
+    .await;
+    const LEAD: &str = r#"{"gate": true, "to": "link@example.com", "approval": {"require": [{"role": "lead", "count": 1}]}}"#;
+    let _agent = held_call(latch.proxy(), LEAD);
+    let id = wait_pending(latch.admin()).await;
+    hooks.wait("/events", 1).await;
+
+    // The link in the message survives the login and opens the call.
+    d.go(&format!("http://{}/#approval={id}", latch.admin()))
+        .await;
+    d.type_into("#token", "alice-token").await;
+    d.click("#login-button").await;
+    wait_text(&d, "#detail", "link@example.com").await;
+
+    d.click("#tab-notify").await;
+    wait_text(&d, "#dead", "approval.requested").await;
+    assert!(d.text("#dead").await.contains("HTTP 500"));
+    d.click(".dead .retry").await;
+    hooks.wait("/events", 2).await;
+    for _ in 0..200 {
+        if d.find(".dead").await.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        d.find(".dead").await.is_none(),
+        "the retried letter is still listed"
+    );
+    d.quit().await;
+}

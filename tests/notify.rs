@@ -7,21 +7,18 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::Request;
+use http_body_util::Full;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::watch;
 
 use common::*;
-use latch::http_util::Body;
-use latch::server::{self, ListenerOptions};
 
 const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -62,104 +59,6 @@ fn env() -> Vec<(&'static str, &'static str)> {
         ("HOOK_SECRET", WEBHOOK_SECRET),
         ("PD_KEY", "R0UTINGKEY"),
     ]
-}
-
-type Answerer = dyn Fn(&str, usize) -> (u16, Vec<(&'static str, String)>, String) + Send + Sync;
-
-/// A recording HTTP endpoint; `answer(path, how many times this path was
-/// asked before)` decides each answer.
-struct Stub {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(Instant, Seen)>>>,
-    _stop: watch::Sender<bool>,
-}
-
-impl Stub {
-    async fn start(answer: Arc<Answerer>) -> Stub {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<(Instant, Seen)>>> = Arc::default();
-        let (stop, rx) = watch::channel(false);
-        let opts = ListenerOptions {
-            tls: None,
-            directory: None,
-            header_read_timeout: Duration::from_secs(5),
-            max_connections: 64,
-        };
-        let s = seen.clone();
-        tokio::spawn(server::serve(
-            listener,
-            opts,
-            rx,
-            move |req: Request<Body>, _| {
-                let (s, answer) = (s.clone(), answer.clone());
-                async move {
-                    let (parts, body) = req.into_parts();
-                    let body = body
-                        .collect()
-                        .await
-                        .map(|c| c.to_bytes())
-                        .unwrap_or_default();
-                    let path = parts.uri.path().to_string();
-                    let n = {
-                        let mut seen = s.lock().unwrap();
-                        let n = seen.iter().filter(|(_, r)| r.uri == path).count();
-                        seen.push((
-                            Instant::now(),
-                            Seen {
-                                method: parts.method.to_string(),
-                                uri: path.clone(),
-                                headers: parts.headers,
-                                body,
-                            },
-                        ));
-                        n
-                    };
-                    let (status, headers, text) = answer(&path, n);
-                    let mut r = Response::new(latch::http_util::full(text));
-                    *r.status_mut() = StatusCode::from_u16(status).unwrap();
-                    for (k, v) in headers {
-                        r.headers_mut().insert(k, v.parse().unwrap());
-                    }
-                    r.headers_mut()
-                        .insert("content-type", "application/json".parse().unwrap());
-                    r
-                }
-            },
-        ));
-        Stub {
-            addr,
-            seen,
-            _stop: stop,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn calls(&self, path: &str) -> Vec<(Instant, Seen)> {
-        let seen = self.seen.lock().unwrap();
-        seen.iter()
-            .filter(|(_, s)| s.uri == path)
-            .cloned()
-            .collect()
-    }
-
-    /// Wait (10 s at most) until `path` was asked `n` times.
-    async fn wait(&self, path: &str, n: usize) -> Vec<(Instant, Seen)> {
-        for _ in 0..400 {
-            let calls = self.calls(path);
-            if calls.len() >= n {
-                return calls;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!(
-            "{path} was not called {n} times: {:?}",
-            self.calls(path).len()
-        );
-    }
 }
 
 fn body_json(s: &Seen) -> Value {
