@@ -12,6 +12,10 @@ fn latch(args: &[&str], dir: &Path) -> Output {
         .env("EMAIL_API_KEY", "Bearer k")
         .env("LATCH_AUDIT_KEY", "an-audit-key-of-at-least-32-bytes!")
         .env("LATCH_METRICS_TOKEN", "scrape")
+        .env("SLACK_BOT_TOKEN", "xoxb-1")
+        .env("SLACK_SIGNING_SECRET", "s3cret")
+        .env("SMTP_PASSWORD", "p")
+        .env("PD_ROUTING_KEY", "k")
         .output()
         .unwrap()
 }
