@@ -520,48 +520,50 @@ events_url = "{}/v2/enqueue"
     assert_eq!(up.requests().len(), 1, "the approved call ran once");
 }
 
-/// A small SMTP server: records each message's envelope and data.
-async fn smtp_server() -> (SocketAddr, Arc<Mutex<Vec<(Vec<String>, String)>>>) {
+type Mails = Arc<Mutex<Vec<(Vec<String>, String)>>>;
+
+/// How the test SMTP server wants to be spoken to.
+#[derive(Clone, Copy, PartialEq)]
+enum Smtp {
+    Plain,
+    /// Advertises and requires STARTTLS, then AUTH PLAIN.
+    StartTls,
+    /// TLS from the first byte (smtps), then AUTH PLAIN.
+    Wrapper,
+}
+
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let config = latch::tls::server_config(&latch::config::TlsConfig {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        client_ca: None,
+        client_auth_required: false,
+    })
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(config)
+}
+
+/// A small SMTP server: records each message's envelope and data, and
+/// the AUTH line as `AUTH …` in the envelope.
+async fn smtp_server(mode: Smtp) -> (SocketAddr, Mails) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mails: Arc<Mutex<Vec<(Vec<String>, String)>>> = Arc::default();
+    let mails: Mails = Arc::default();
     let m = mails.clone();
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
             let m = m.clone();
             tokio::spawn(async move {
-                let (r, mut w) = sock.into_split();
-                let mut lines = BufReader::new(r).lines();
-                w.write_all(b"220 test.local ESMTP ready\r\n")
-                    .await
-                    .unwrap();
-                let mut rcpt = Vec::new();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let upper = line.to_ascii_uppercase();
-                    let reply: &[u8] = if upper.starts_with("EHLO") {
-                        b"250-test.local\r\n250 8BITMIME\r\n"
-                    } else if upper.starts_with("RCPT TO:") {
-                        rcpt.push(line[8..].trim().trim_matches(['<', '>']).to_string());
-                        b"250 OK\r\n"
-                    } else if upper == "DATA" {
-                        w.write_all(b"354 go ahead\r\n").await.unwrap();
-                        let mut data = String::new();
-                        while let Ok(Some(l)) = lines.next_line().await {
-                            if l == "." {
-                                break;
-                            }
-                            data.push_str(&l);
-                            data.push('\n');
-                        }
-                        m.lock().unwrap().push((std::mem::take(&mut rcpt), data));
-                        b"250 queued\r\n"
-                    } else if upper == "QUIT" {
-                        w.write_all(b"221 bye\r\n").await.unwrap();
-                        break;
-                    } else {
-                        b"250 OK\r\n"
-                    };
-                    w.write_all(reply).await.unwrap();
+                match mode {
+                    Smtp::Wrapper => {
+                        let tls = tls_acceptor().accept(sock).await.unwrap();
+                        smtp_session(Box::new(tls), m, None, true, true).await;
+                    }
+                    Smtp::StartTls => {
+                        smtp_session(Box::new(sock), m, Some(tls_acceptor()), false, true).await
+                    }
+                    Smtp::Plain => smtp_session(Box::new(sock), m, None, false, true).await,
                 }
             });
         }
@@ -569,10 +571,92 @@ async fn smtp_server() -> (SocketAddr, Arc<Mutex<Vec<(Vec<String>, String)>>>) {
     (addr, mails)
 }
 
+trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+
+/// One SMTP session; `greet` is false after STARTTLS (no new greeting).
+async fn smtp_session(
+    sock: Box<dyn Conn>,
+    m: Mails,
+    starttls: Option<tokio_rustls::TlsAcceptor>,
+    secure: bool,
+    greet: bool,
+) {
+    let mut io = BufReader::new(sock);
+    if greet {
+        io.get_mut()
+            .write_all(b"220 test.local ESMTP ready\r\n")
+            .await
+            .unwrap();
+    }
+    let mut envelope = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if io.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let cmd = line.trim_end().to_string();
+        let upper = cmd.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            match (&starttls, secure) {
+                (Some(_), false) => "250-test.local\r\n250 STARTTLS\r\n".into(),
+                (_, true) => "250-test.local\r\n250 AUTH PLAIN LOGIN\r\n".into(),
+                _ => "250-test.local\r\n250 8BITMIME\r\n".into(),
+            }
+        } else if upper == "STARTTLS" {
+            io.get_mut().write_all(b"220 go ahead\r\n").await.unwrap();
+            let acceptor = starttls.clone().unwrap();
+            let tls = acceptor.accept(io.into_inner()).await.unwrap();
+            return Box::pin(smtp_session(Box::new(tls), m, None, true, false)).await;
+        } else if upper.starts_with("AUTH") {
+            envelope.push(cmd.clone());
+            "235 accepted\r\n".into()
+        } else if upper.starts_with("MAIL FROM:") && starttls.is_some() && !secure {
+            "530 STARTTLS first\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            envelope.push(cmd[8..].trim().trim_matches(['<', '>']).to_string());
+            "250 OK\r\n".into()
+        } else if upper == "DATA" {
+            io.get_mut().write_all(b"354 go ahead\r\n").await.unwrap();
+            let mut data = String::new();
+            loop {
+                line.clear();
+                io.read_line(&mut line).await.unwrap();
+                if line.trim_end() == "." {
+                    break;
+                }
+                data.push_str(line.trim_end_matches(['\r', '\n']));
+                data.push('\n');
+            }
+            m.lock()
+                .unwrap()
+                .push((std::mem::take(&mut envelope), data));
+            "250 queued\r\n".into()
+        } else if upper == "QUIT" {
+            io.get_mut().write_all(b"221 bye\r\n").await.unwrap();
+            return;
+        } else {
+            "250 OK\r\n".into()
+        };
+        io.get_mut().write_all(reply.as_bytes()).await.unwrap();
+    }
+}
+
+async fn first_mail(mails: &Mails) -> (Vec<String>, String) {
+    for _ in 0..400 {
+        if let Some(m) = mails.lock().unwrap().first().cloned() {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no mail arrived");
+}
+
 #[tokio::test]
 async fn email_goes_to_the_roles_and_fixed_addresses_with_a_link_but_no_decision_link() {
     let up = Upstream::start().await;
-    let (smtp, mails) = smtp_server().await;
+    let (smtp, mails) = smtp_server(Smtp::Plain).await;
     let extra = format!(
         r#"
 [notify]
@@ -590,15 +674,7 @@ to_roles = ["lead"]
     );
     let latch = TestLatch::start_env(config_text(&up.url(), &extra), TEST_POLICY, &env()).await;
     let id = gated(latch.proxy(), AGENT_TOKEN, LEAD_AND_DIRECTOR).await;
-    let mut mail = None;
-    for _ in 0..400 {
-        if let Some(m) = mails.lock().unwrap().first().cloned() {
-            mail = Some(m);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let (rcpt, data) = mail.expect("no mail arrived");
+    let (rcpt, data) = first_mail(&mails).await;
     assert_eq!(rcpt, ["audit@example.com", "lena@example.com"]);
     // Quoted-printable: join soft line breaks, decode "=3D".
     let unfolded = data.replace("=\n", "").replace("=3D", "=");
@@ -771,4 +847,52 @@ secret_env = "HOOK_SECRET"
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("the retried dead letter stayed");
+}
+
+#[tokio::test]
+async fn email_goes_over_starttls_and_smtps_with_credentials_from_the_environment() {
+    let up = Upstream::start().await;
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem");
+    for (mode, scheme) in [
+        (Smtp::StartTls, "smtp://localhost:{port}?tls=starttls"),
+        (Smtp::Wrapper, "smtps://localhost:{port}"),
+    ] {
+        let (smtp, mails) = smtp_server(mode).await;
+        let url = scheme.replace("{port}", &smtp.port().to_string());
+        let extra = format!(
+            r#"
+[notify]
+default = ["mail"]
+
+[[notify.channels]]
+name = "mail"
+kind = "email"
+smtp_url = "{url}"
+username = "latch"
+password_env = "SMTP_PASSWORD"
+ca_file = "{}"
+from = "latch@example.com"
+to = ["oncall@example.com"]
+"#,
+            ca.display()
+        );
+        let latch = TestLatch::start_env(
+            config_text(&up.url(), &extra),
+            TEST_POLICY,
+            &[("SMTP_PASSWORD", "hunter2")],
+        )
+        .await;
+        gated(latch.proxy(), AGENT_TOKEN, LEAD_AND_DIRECTOR).await;
+        let (envelope, data) = first_mail(&mails).await;
+        let plain = base64::engine::general_purpose::STANDARD.encode("\0latch\0hunter2");
+        assert_eq!(
+            envelope,
+            [
+                format!("AUTH PLAIN {plain}"),
+                "oncall@example.com".to_string()
+            ],
+            "{url}"
+        );
+        assert!(data.contains("Approval needed"));
+    }
 }
