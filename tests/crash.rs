@@ -30,7 +30,8 @@ fn latch_cmd(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_latch"));
     c.current_dir(dir)
         .env("BOT_TOKEN", AGENT_TOKEN)
-        .env("UPSTREAM_KEY", "Bearer upstream-secret");
+        .env("UPSTREAM_KEY", "Bearer upstream-secret")
+        .env("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
     c
 }
 
@@ -230,5 +231,66 @@ async fn pending_approvals_survive_kill_9_and_the_audit_chain_verifies() {
         String::from_utf8_lossy(&v.stderr).contains("record 4"),
         "{}",
         String::from_utf8_lossy(&v.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_notification_owed_before_kill_9_is_delivered_after_the_restart() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/test.rego"), TEST_POLICY).unwrap();
+    let (proxy, adm, down) = (free_addr(), free_addr(), free_addr());
+    let config = |hook: &str| {
+        let notify = format!(
+            "[notify]\ndefault = [\"hooks\"]\nretry_base_ms = 50\ntimeout_ms = 500\n\n[[notify.channels]]\nname = \"hooks\"\nkind = \"webhook\"\nurl = \"{hook}/events\"\nsecret_env = \"HOOK_SECRET\"\n"
+        );
+        config_text(&up.url(), &notify)
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{proxy}\""),
+                1,
+            )
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{adm}\""),
+                1,
+            )
+    };
+    std::fs::write(
+        dir.path().join("latch.toml"),
+        config(&format!("http://{down}")),
+    )
+    .unwrap();
+    let mut server = serve(dir.path(), proxy).await;
+    let body = r#"{"gate": true, "approval": {"require": [{"role": "lead", "count": 1}]}}"#;
+    let held = send(
+        agent_request("POST", proxy, "/tools/echo/send")
+            .header("content-type", "application/json")
+            .header("prefer", "respond-async")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(held.status, 202);
+    let id = held.json()["approval_id"].as_str().unwrap().to_string();
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    drop(server);
+
+    let hooks = Stub::start(std::sync::Arc::new(|_: &str, _| {
+        (204, vec![], String::new())
+    }))
+    .await;
+    std::fs::write(dir.path().join("latch.toml"), config(&hooks.url())).unwrap();
+    let _server = serve(dir.path(), proxy).await;
+    let got = hooks.wait("/events", 1).await;
+    let event: serde_json::Value = serde_json::from_slice(&got[0].1.body).unwrap();
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["data"]["approval_id"].as_str()
+        ),
+        (Some("approval.requested"), Some(id.as_str()))
     );
 }

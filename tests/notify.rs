@@ -896,3 +896,36 @@ to = ["oncall@example.com"]
         assert!(data.contains("Approval needed"));
     }
 }
+
+#[tokio::test]
+async fn break_glass_is_announced_to_the_default_channels() {
+    let up = Upstream::start().await;
+    let hooks = Stub::start(Arc::new(|_: &str, _| (204, vec![], String::new()))).await;
+    let extra = format!(
+        "[notify]\ndefault = [\"hooks\"]\n\n[[notify.channels]]\nname = \"hooks\"\nkind = \"webhook\"\nurl = \"{}/events\"\nsecret_env = \"HOOK_SECRET\"\n",
+        hooks.url()
+    );
+    let latch = TestLatch::start_env(config_text(&up.url(), &extra), TEST_POLICY, &env()).await;
+    let id = gated(latch.proxy(), AGENT_TOKEN, LEAD_AND_DIRECTOR).await;
+    let path = format!("/api/v1/approvals/{id}/override");
+    let o = admin(
+        latch.admin(),
+        "POST",
+        &path,
+        "olga-token",
+        r#"{"reason": "payments are down"}"#,
+    )
+    .await;
+    assert_eq!(o.status, 200, "{:?}", o.body);
+    let events = hooks.wait("/events", 4).await;
+    let types: Vec<Value> = events.iter().map(|(_, s)| body_json(s)).collect();
+    let announced = types
+        .iter()
+        .find(|e| e["type"] == "break_glass.used")
+        .expect("no break-glass event");
+    assert_eq!(announced["data"]["actor"], "olga");
+    assert_eq!(announced["data"]["reason"], "payments are down");
+    assert!(types
+        .iter()
+        .any(|e| e["type"] == "approval.decided" && e["data"]["outcome"] == "overridden"));
+}
