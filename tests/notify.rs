@@ -809,7 +809,7 @@ secret_env = "HOOK_SECRET"
         "",
     )
     .await;
-    assert_eq!(again.status, 422);
+    assert_eq!(again.status, 404);
     // The retried message keeps its webhook-id, so receivers can drop
     // duplicates; the executed event follows it.
     let delivered = broken.wait("/events", 4).await;

@@ -122,14 +122,11 @@ async fn serve(
             Ok(ok(&json!({"dead_letters": list})))
         }
         ApiOp::RetryDeadLetter => {
-            let n: i64 = id.parse().map_err(|_| AdminError::NoEndpoint)?;
-            if !admin
-                .notify
-                .retry_dead(n)
-                .await
-                .map_err(AdminError::Store)?
-            {
-                return Err(AdminError::Invalid(format!("{n} is not a dead letter")));
+            let missing = || AdminError::NotFound(format!("{id} is not a dead letter"));
+            let n: i64 = id.parse().map_err(|_| missing())?;
+            let store = admin.notify.retry_dead(n).await;
+            if !store.map_err(AdminError::Store)? {
+                return Err(missing());
             }
             Ok(ok(&json!({"id": n, "state": "pending"})))
         }

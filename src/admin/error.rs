@@ -16,6 +16,9 @@ pub enum AdminError {
     /// No such endpoint.
     #[error("no such admin endpoint")]
     NoEndpoint,
+    /// The endpoint exists; the thing it names does not.
+    #[error("{0}")]
+    NotFound(String),
     /// The path exists with other methods (listed).
     #[error("use {0}")]
     WrongMethod(String),
@@ -110,7 +113,7 @@ impl AdminError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         use AdminError as E;
         match self {
-            E::NoEndpoint => (StatusCode::NOT_FOUND, "not_found"),
+            E::NoEndpoint | E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::WrongMethod(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             E::NoCredentials | E::Unauthenticated(_) | E::MetricsToken => {
                 (StatusCode::UNAUTHORIZED, "unauthenticated")
