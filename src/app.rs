@@ -49,12 +49,15 @@ pub struct Handles {
     pub admin: Admin,
     /// Notification channels and their delivery worker.
     pub notify: crate::notify::Notifier,
+    /// Durable state.
+    pub store: Arc<dyn Store>,
 }
 
 /// Build every handle from `config`, with the gate reading `clock`.
 /// Blocking: opens the store and compiles the policy.
 pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
     let store = open_store(config)?;
+    let store_handle = store.clone();
     let metrics = Metrics::new()?;
     let policy = Engine::start(&config.policy, metrics.clone())?;
     let needs_system_roots = config
@@ -147,6 +150,7 @@ pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
         proxy,
         admin,
         notify,
+        store: store_handle,
     })
 }
 
@@ -219,6 +223,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
 
     tasks.push(tokio::spawn(handles.notify.clone().run(stop_rx.clone())));
+    if config.audit.retain_days.is_some() || config.audit.retain_decisions_days.is_some() {
+        tasks.push(tokio::spawn(crate::audit::run_retention(
+            handles.store.clone(),
+            config.audit.clone(),
+            Duration::from_secs(3600),
+            stop_rx.clone(),
+        )));
+    }
 
     let demo_addr = match config.demo {
         Some(addr) => {

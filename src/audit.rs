@@ -64,6 +64,100 @@ impl AuditLog {
     }
 }
 
+/// What one retention pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// Decision records whose details were dropped (their digests stay).
+    pub pruned: u64,
+    /// Records dropped behind the checkpoint.
+    pub dropped: u64,
+    /// The checkpoint now in force, if any.
+    pub checkpoint: Option<chain::Checkpoint>,
+}
+
+/// Decision records pruned per store call (keeps each write short).
+const PRUNE_BATCH: usize = 5000;
+
+/// Apply retention as of `now`: drop the details of allow/deny decision
+/// records older than `decisions_days`, and every record older than
+/// `all_days` behind a checkpoint (signed with `key` when keyed). The
+/// newest record is always kept, so the chain goes on from it.
+pub fn retain(
+    store: &dyn crate::store::Store,
+    decisions_days: Option<u64>,
+    all_days: Option<u64>,
+    key: Option<&chain::AuditKey>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Retained> {
+    let cutoff = |days: u64| {
+        (now - chrono::Duration::days(days as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    let mut out = Retained {
+        checkpoint: store.audit_checkpoint()?,
+        ..Retained::default()
+    };
+    let newest = store.audit_head()?.map_or(0, |h| h.seq);
+    if let Some(days) = decisions_days {
+        let upto = last_before(store, &cutoff(days))?;
+        loop {
+            let n = store.prune_decision_details(upto, PRUNE_BATCH)?;
+            out.pruned += n;
+            if n < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+    }
+    if let Some(days) = all_days {
+        let upto = last_before(store, &cutoff(days))?.min(newest - 1);
+        let done = out.checkpoint.as_ref().map_or(0, |c| c.seq);
+        if upto > done {
+            if let Some(r) = store.audit_after(upto - 1, 1)?.into_iter().next() {
+                let cp = chain::Checkpoint::after(&r, key);
+                out.dropped = store.drop_audit_before(&cp)?;
+                out.checkpoint = Some(cp);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Run retention now and then every `every` until `stop`.
+pub async fn run_retention(
+    store: std::sync::Arc<dyn crate::store::Store>,
+    config: crate::config::AuditConfig,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (s, c) = (store.clone(), config.clone());
+        let pass = crate::store::blocking(move || {
+            retain(
+                &*s,
+                c.retain_decisions_days,
+                c.retain_days,
+                c.key.as_ref(),
+                chrono::Utc::now(),
+            )
+        })
+        .await;
+        match pass {
+            Ok(r) if r.pruned > 0 || r.dropped > 0 => tracing::info!(
+                pruned = r.pruned,
+                dropped = r.dropped,
+                checkpoint = r.checkpoint.map(|c| c.seq),
+                "audit retention applied"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "audit retention failed; will try again"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// A sequence number shortly before the first record at or after `since`
 /// (found by bisection, so a window at the end of a long trail does not
 /// read the whole trail). Server clocks can step back a little, so the
@@ -156,5 +250,67 @@ mod tests {
         );
         let empty = SqliteStore::memory(None).unwrap();
         assert_eq!(last_before(&empty, &s).unwrap(), 0);
+    }
+
+    #[test]
+    fn retention_prunes_decision_details_then_drops_the_oldest_behind_a_checkpoint() {
+        let key = chain::AuditKey::new(&[9; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let store = SqliteStore::open(&path, Some(key.clone())).unwrap();
+        let ev = |event: &str, i: usize| {
+            Event::new(
+                "bot",
+                event,
+                &format!("s{i}"),
+                serde_json::json!({"reasons": ["why"], "i": i}),
+            )
+        };
+        let events: Vec<Event> = (0..10)
+            .map(|i| ev(if i % 3 == 0 { "gate" } else { "decision" }, i))
+            .collect();
+        store.append_audit(&events).unwrap();
+        let now = chrono::Utc::now();
+        let check = |store: &SqliteStore| {
+            let records = records(store, 0, usize::MAX, None, None).unwrap();
+            let anchor = match store.audit_checkpoint().unwrap() {
+                Some(c) => c.anchor(Some(&key)).unwrap(),
+                None => chain::Anchor::genesis(),
+            };
+            let head = store.audit_head().unwrap();
+            chain::verify_from(&anchor, &records, Some(&key), head.as_ref()).unwrap()
+        };
+
+        // Nothing is old yet.
+        let r = retain(&store, Some(2), Some(30), Some(&key), now).unwrap();
+        assert_eq!((r.pruned, r.dropped, r.checkpoint), (0, 0, None));
+
+        // Three days on: decision details go, gate records keep theirs.
+        let later = now + chrono::Duration::days(3);
+        let r = retain(&store, Some(2), Some(30), Some(&key), later).unwrap();
+        assert_eq!((r.pruned, r.dropped), (6, 0));
+        let kept = records(&store, 0, usize::MAX, None, None).unwrap();
+        assert!(kept
+            .iter()
+            .all(|r| r.is_pruned() == (r.event == "decision")));
+        assert_eq!(check(&store).pruned, 6);
+
+        // A month on: everything but the newest record goes behind a signed checkpoint.
+        let much_later = now + chrono::Duration::days(31);
+        let r = retain(&store, Some(2), Some(30), Some(&key), much_later).unwrap();
+        assert_eq!(r.dropped, 9);
+        let cp = r.checkpoint.unwrap();
+        assert_eq!(cp.seq, 9);
+        assert_eq!(check(&store).records, 1);
+        // Again later: the newest record is always kept, so the chain
+        // goes on from it, also after a reopen.
+        let r = retain(&store, None, Some(30), Some(&key), much_later).unwrap();
+        assert_eq!(r.dropped, 0);
+        drop(store);
+        let store = SqliteStore::open(&path, Some(key.clone())).unwrap();
+        store.append_audit(&[ev("decision", 10)]).unwrap();
+        assert_eq!(check(&store).records, 2);
+        let r = retain(&store, None, Some(30), Some(&key), much_later).unwrap();
+        assert_eq!((r.dropped, check(&store).records), (1, 1));
     }
 }

@@ -104,6 +104,10 @@ impl Default for PromptsConfig {
 pub struct AuditConfig {
     /// The chain's HMAC key, read from `key_env` (never stored).
     pub key: Option<crate::audit::chain::AuditKey>,
+    /// Days to keep every record (`None`: forever).
+    pub retain_days: Option<u64>,
+    /// Days to keep allow/deny decision details (`None`: forever).
+    pub retain_decisions_days: Option<u64>,
 }
 
 /// `[proxy]`

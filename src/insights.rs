@@ -179,6 +179,7 @@ pub(crate) mod tests {
             event: event.into(),
             subject: subject.into(),
             details,
+            details_sha256: None,
             prev_hash: String::new(),
             hash: String::new(),
         }

@@ -17,6 +17,7 @@ const USAGE: &str = "usage:
                                         audit records as JSON lines (or a verifiable gzip archive)
   latch audit report [--since 7d] [--min N] [--json] [--config FILE]
                                         break-glass review: overrides, flags N+ per person
+  latch audit prune [--config FILE]     apply [audit] retention now (serve does it hourly)
   latch insights [--min N] [--days D] [--fast-s S] [--write FILE] [--json] [--config FILE]
                                         automation rate, rubber-stamp signals, classes
                                         humans always approve; propose learned data
@@ -181,6 +182,10 @@ fn main() -> ExitCode {
                 args.min.unwrap_or(2),
                 args.api.json,
             )),
+        },
+        ["audit", "prune"] => match cli::load_config(&cli::config_path(args.config)) {
+            Err(code) => code,
+            Ok(config) => report(cli::audit_prune(&config)),
         },
         ["audit", "export"] => match cli::load_config(&cli::config_path(args.config)) {
             Err(code) => code,

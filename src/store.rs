@@ -6,7 +6,7 @@ pub mod notify;
 pub mod prompts;
 pub mod sqlite;
 
-use crate::audit::chain::{Event, Head, Record};
+use crate::audit::chain::{Checkpoint, Event, Head, Record};
 use crate::gate::model::{Approval, Grant, State};
 use crate::history::stats::Stats;
 
@@ -131,6 +131,14 @@ pub trait Store: prompts::PromptStore + notify::NotifyStore + Send + Sync + 'sta
     fn audit_of(&self, subject: &str) -> anyhow::Result<Vec<Record>>;
     /// Audit records with `seq > after`, oldest first, at most `limit`.
     fn audit_after(&self, after: i64, limit: usize) -> anyhow::Result<Vec<Record>>;
+    /// Retention: drop the details (keeping their digest) of up to `limit`
+    /// allow/deny decision records at or before `up_to_seq`; how many.
+    fn prune_decision_details(&self, up_to_seq: i64, limit: usize) -> anyhow::Result<u64>;
+    /// Retention: drop every record up to `checkpoint.seq` and keep the
+    /// checkpoint (verification starts from it), in one transaction.
+    fn drop_audit_before(&self, checkpoint: &Checkpoint) -> anyhow::Result<u64>;
+    /// The checkpoint retention left, if any.
+    fn audit_checkpoint(&self) -> anyhow::Result<Option<Checkpoint>>;
 
     /// Store a new approval and its audit event in one synced transaction,
     /// unless the agent already used the idempotency key or already has

@@ -31,7 +31,8 @@ fn latch_cmd(dir: &Path) -> Command {
     c.current_dir(dir)
         .env("BOT_TOKEN", AGENT_TOKEN)
         .env("UPSTREAM_KEY", "Bearer upstream-secret")
-        .env("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        .env("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("LATCH_AUDIT_KEY", "an-audit-key-of-at-least-32-bytes!");
     c
 }
 
@@ -292,5 +293,104 @@ async fn a_notification_owed_before_kill_9_is_delivered_after_the_restart() {
             event["data"]["approval_id"].as_str()
         ),
         (Some("approval.requested"), Some(id.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn retention_keeps_the_chain_verifiable_from_a_signed_checkpoint() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/test.rego"), TEST_POLICY).unwrap();
+    let (proxy, adm) = (free_addr(), free_addr());
+    let retention =
+        "[audit]\nkey_env = \"LATCH_AUDIT_KEY\"\nretain_decisions_days = 2\nretain_days = 30\n";
+    let text = config_text(&up.url(), retention)
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{proxy}\""),
+            1,
+        )
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{adm}\""),
+            1,
+        );
+    std::fs::write(dir.path().join("latch.toml"), text).unwrap();
+    let server = serve(dir.path(), proxy).await;
+    for i in 0..5 {
+        assert_eq!(
+            call("POST", proxy, &format!("/tools/echo/{i}"), "{}")
+                .await
+                .status,
+            200
+        );
+    }
+    let body = r#"{"block": true}"#;
+    assert_eq!(call("POST", proxy, "/tools/echo/x", body).await.status, 403);
+    drop(server);
+
+    let said = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let p = run(dir.path(), &["audit", "prune"]);
+    assert!(
+        p.status.success() && said(&p).contains("details of 0 decision records; dropped 0"),
+        "{}",
+        said(&p)
+    );
+
+    // As retention finds the log three days on, then a month on.
+    let key = latch::audit::chain::AuditKey::new(b"an-audit-key-of-at-least-32-bytes!");
+    let store =
+        latch::store::sqlite::SqliteStore::open(&dir.path().join("latch.db"), Some(key.clone()))
+            .unwrap();
+    let now = chrono::Utc::now();
+    let r = latch::audit::retain(
+        &store,
+        Some(2),
+        Some(30),
+        Some(&key),
+        now + chrono::Duration::days(3),
+    )
+    .unwrap();
+    assert_eq!((r.pruned, r.dropped), (6, 0));
+    let v = run(dir.path(), &["audit", "verify"]);
+    assert!(v.status.success(), "{}", said(&v));
+    assert!(
+        said(&v).contains("6 decision records keep only the digest"),
+        "{}",
+        said(&v)
+    );
+    let r = latch::audit::retain(
+        &store,
+        Some(2),
+        Some(30),
+        Some(&key),
+        now + chrono::Duration::days(31),
+    )
+    .unwrap();
+    assert_eq!(r.dropped, 5);
+    drop(store);
+    let v = run(dir.path(), &["audit", "verify"]);
+    assert!(v.status.success(), "{}", said(&v));
+    assert!(said(&v).contains("ok: 1 records"), "{}", said(&v));
+    assert!(said(&v).contains("records up to 5"), "{}", said(&v));
+
+    // A checkpoint moved by someone without the key is caught.
+    let db = rusqlite::Connection::open(dir.path().join("latch.db")).unwrap();
+    db.execute("UPDATE audit_checkpoint SET seq = 4", [])
+        .unwrap();
+    drop(db);
+    let v = run(dir.path(), &["audit", "verify"]);
+    assert_eq!(v.status.code(), Some(1));
+    assert!(
+        said(&v).contains("retention checkpoint at record 4 is forged"),
+        "{}",
+        said(&v)
     );
 }

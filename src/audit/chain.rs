@@ -3,10 +3,20 @@
 //! Latch's but [`crate::digest`], so the store and the CLI can use it freely.
 //!
 //!
-//! `hash = SHA-256(prev_hash ‖ canonical JSON of the record without its hash)`;
-//! canonical JSON has sorted keys and no insignificant whitespace, so anyone
-//! can recompute the chain with a few lines of code. Changing, removing or
-//! reordering a record breaks every hash after it.
+//! `hash = SHA-256(prev_hash ‖ canonical JSON of the record without its hash)`,
+//! where the record names its details by their digest
+//! (`details_sha256 = SHA-256(canonical JSON of details)`); canonical JSON
+//! has sorted keys and no insignificant whitespace, so anyone can recompute
+//! the chain with a few lines of code. Changing, removing or reordering a
+//! record breaks every hash after it. (Records written before the digest
+//! existed hash their details inline; they verify as they were written.)
+//!
+//! Retention can *prune* an old allow/deny decision record: its details are
+//! dropped, its digest stays, so the chain still verifies and shows that a
+//! decision record was there. Only `decision` records may be pruned; any
+//! other record without its details is reported as altered. Retention can
+//! also drop the oldest records altogether behind a *checkpoint* (the hash
+//! at the prune point, with a MAC when keyed) that verification starts from.
 //!
 //! That alone proves little against someone who can write the database: they
 //! can rewrite a record and recompute every later hash, or drop the newest
@@ -21,6 +31,9 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+mod patch;
+pub use patch::json_patch;
 
 /// The key that makes the chain unforgeable without it (`[audit] key_env`).
 #[derive(Clone)]
@@ -67,6 +80,14 @@ impl AuditKey {
         )
     }
 
+    /// The MAC of a retention checkpoint.
+    pub fn checkpoint_mac(&self, seq: i64, hash: &str) -> String {
+        self.mac(
+            "latch-audit-checkpoint",
+            &[seq.to_string().as_bytes(), hash.as_bytes()],
+        )
+    }
+
     /// Whether `r` is exactly as Latch wrote it: its hash matches its
     /// contents and its MAC matches the hash.
     pub fn vouches_for(&self, r: &Record) -> bool {
@@ -92,6 +113,49 @@ pub struct Head {
     pub hash: String,
     /// `HMAC(key, seq ‖ hash)` when a key was configured.
     pub mac: Option<String>,
+}
+
+/// Where retention cut the chain: every record up to `seq` was dropped; the
+/// first record kept follows `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Sequence number of the last dropped record.
+    pub seq: i64,
+    /// Its hash.
+    pub hash: String,
+    /// Its time.
+    pub ts: String,
+    /// `HMAC(key, seq ‖ hash)` when the chain is keyed.
+    pub mac: Option<String>,
+}
+
+impl Checkpoint {
+    /// A checkpoint after record `r` (with a MAC when keyed).
+    pub fn after(r: &Record, key: Option<&AuditKey>) -> Checkpoint {
+        Checkpoint {
+            seq: r.seq,
+            hash: r.hash.clone(),
+            ts: r.ts.clone(),
+            mac: key.map(|k| k.checkpoint_mac(r.seq, &r.hash)),
+        }
+    }
+
+    /// Where verification starts; with `key`, only from a checkpoint it signed.
+    pub fn anchor(&self, key: Option<&AuditKey>) -> Result<Anchor, ChainError> {
+        if let Some(k) = key {
+            let ok = self
+                .mac
+                .as_deref()
+                .is_some_and(|m| AuditKey::check(&k.checkpoint_mac(self.seq, &self.hash), m));
+            if !ok {
+                return Err(ChainError::BadCheckpoint { seq: self.seq });
+            }
+        }
+        Ok(Anchor {
+            seq: self.seq,
+            hash: self.hash.clone(),
+        })
+    }
 }
 
 /// `prev_hash` of the first record.
@@ -135,8 +199,13 @@ pub struct Record {
     pub event: String,
     /// To what.
     pub subject: String,
-    /// Details (for a modify, a JSON Patch from the original body).
+    /// Details (for a modify, a JSON Patch from the original body); `null`
+    /// once pruned by retention.
     pub details: Value,
+    /// SHA-256 of the canonical details (absent on records written before
+    /// digests: their hash covers the details inline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details_sha256: Option<String>,
     /// Hash of the previous record (`GENESIS` for the first).
     pub prev_hash: String,
     /// This record's hash.
@@ -149,18 +218,101 @@ pub struct Record {
 impl Record {
     /// Whether the stored hash is the hash of the record's contents.
     pub fn hash_matches(&self) -> bool {
-        let e = Event {
-            actor: self.actor.clone(),
-            event: self.event.clone(),
-            subject: self.subject.clone(),
-            details: self.details.clone(),
+        self.check_contents().is_ok()
+    }
+
+    /// Whether its details were pruned by retention.
+    pub fn is_pruned(&self) -> bool {
+        self.details.is_null()
+            && self
+                .details_sha256
+                .as_deref()
+                .is_some_and(|d| d != details_digest(&Value::Null))
+    }
+
+    /// Check the hash against the contents. `Ok(true)`: a decision record
+    /// whose details retention pruned (its digest still chains).
+    pub fn check_contents(&self) -> Result<bool, ChainError> {
+        let altered = ChainError::Altered { seq: self.seq };
+        let Some(digest) = &self.details_sha256 else {
+            let e = Event {
+                actor: self.actor.clone(),
+                event: self.event.clone(),
+                subject: self.subject.clone(),
+                details: self.details.clone(),
+            };
+            return match hash_inline(self.seq, &self.ts, &e, &self.prev_hash) == self.hash {
+                true => Ok(false),
+                false => Err(altered),
+            };
         };
-        hash(self.seq, &self.ts, &e, &self.prev_hash) == self.hash
+        if hash_v2(self, digest) != self.hash {
+            return Err(altered);
+        }
+        if self.is_pruned() {
+            return match self.event.as_str() {
+                "decision" => Ok(true),
+                _ => Err(ChainError::PrunedNotDecision { seq: self.seq }),
+            };
+        }
+        match details_digest(&self.details) == *digest {
+            true => Ok(false),
+            false => Err(altered),
+        }
+    }
+
+    /// This record with its details pruned (digest and hash unchanged).
+    pub fn pruned(&self) -> Record {
+        Record {
+            details: Value::Null,
+            ..self.clone()
+        }
     }
 }
 
-/// The hash of a record with these fields.
-pub fn hash(seq: i64, ts: &str, e: &Event, prev_hash: &str) -> String {
+/// SHA-256 of the canonical JSON of `details`.
+pub fn details_digest(details: &Value) -> String {
+    let mut text = String::with_capacity(256);
+    canonical(details, &mut text);
+    crate::digest::hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// The hash of record `r` whose details have digest `details_sha256`.
+fn hash_v2(r: &Record, details_sha256: &str) -> String {
+    header_hash(
+        r.seq,
+        &r.ts,
+        &r.actor,
+        &r.event,
+        &r.subject,
+        details_sha256,
+        &r.prev_hash,
+    )
+}
+
+fn header_hash(
+    seq: i64,
+    ts: &str,
+    actor: &str,
+    event: &str,
+    subject: &str,
+    details_sha256: &str,
+    prev_hash: &str,
+) -> String {
+    let body = json!({
+        "seq": seq, "ts": ts, "actor": actor, "event": event,
+        "subject": subject, "details_sha256": details_sha256, "prev_hash": prev_hash,
+    });
+    let mut text = String::with_capacity(256);
+    canonical(&body, &mut text);
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(text.as_bytes());
+    crate::digest::hex(&h.finalize())
+}
+
+/// The hash of a record written before details digests (details inline).
+pub fn hash_inline(seq: i64, ts: &str, e: &Event, prev_hash: &str) -> String {
     let body = json!({
         "seq": seq, "ts": ts, "actor": e.actor, "event": e.event,
         "subject": e.subject, "details": e.details, "prev_hash": prev_hash,
@@ -214,7 +366,16 @@ pub fn seal(
     prev_hash: String,
     key: Option<&AuditKey>,
 ) -> Record {
-    let hash = hash(seq, &ts, &event, &prev_hash);
+    let digest = details_digest(&event.details);
+    let hash = header_hash(
+        seq,
+        &ts,
+        &event.actor,
+        &event.event,
+        &event.subject,
+        &digest,
+        &prev_hash,
+    );
     Record {
         mac: key.map(|k| k.record_mac(&hash)),
         seq,
@@ -223,6 +384,7 @@ pub fn seal(
         event: event.event,
         subject: event.subject,
         details: event.details,
+        details_sha256: Some(digest),
         prev_hash,
         hash,
     }
@@ -252,6 +414,18 @@ pub enum ChainError {
         seq: i64,
         /// What it should have been.
         expected: i64,
+    },
+    /// A record other than an allow/deny decision lost its details.
+    #[error("record {seq}: its details were removed, but retention prunes only allow/deny decision records")]
+    PrunedNotDecision {
+        /// The record.
+        seq: i64,
+    },
+    /// The checkpoint retention left is missing its MAC or it does not match.
+    #[error("the retention checkpoint at record {seq} is forged (its MAC does not match the key)")]
+    BadCheckpoint {
+        /// Where the checkpoint says the pruned records ended.
+        seq: i64,
     },
     /// A record's MAC does not match: rewritten by someone without the key.
     #[error("record {seq}: its MAC does not match the key (rewritten, or the wrong key)")]
@@ -283,6 +457,8 @@ pub enum ChainError {
 pub struct Verified {
     /// Records checked.
     pub records: u64,
+    /// Decision records among them whose details retention pruned.
+    pub pruned: u64,
     /// The first record covered by a MAC (all later ones are too), when keyed.
     pub keyed_from: Option<i64>,
 }
@@ -347,7 +523,7 @@ pub fn verify_from<'a>(
         last = Some(r);
         count += 1;
     }
-    chain_from(anchor, all.iter().copied())?;
+    let pruned = chain_from(anchor, all.iter().copied())?;
     let (last_seq, last_hash) = last.map_or((anchor.seq, anchor.hash.as_str()), |r| {
         (r.seq, r.hash.as_str())
     });
@@ -374,23 +550,28 @@ pub fn verify_from<'a>(
     }
     Ok(Verified {
         records: count,
+        pruned,
         keyed_from,
     })
 }
 
-/// Recompute the chain over `records` (in stored order).
+/// Recompute the chain over `records` (in stored order); how many records.
 pub fn verify<'a>(records: impl IntoIterator<Item = &'a Record>) -> Result<u64, ChainError> {
-    chain_from(&Anchor::genesis(), records)
+    let mut n = 0;
+    let counted = records.into_iter().inspect(|_| n += 1);
+    chain_from(&Anchor::genesis(), counted)?;
+    Ok(n)
 }
 
-/// Recompute the chain over `records`, which follow `anchor`.
+/// Recompute the chain over `records`, which follow `anchor`; how many
+/// of them were pruned.
 fn chain_from<'a>(
     anchor: &Anchor,
     records: impl IntoIterator<Item = &'a Record>,
 ) -> Result<u64, ChainError> {
     let mut prev_hash = anchor.hash.clone();
     let mut prev_seq = anchor.seq;
-    let mut count = 0;
+    let mut pruned = 0;
     for r in records {
         if r.seq != prev_seq + 1 {
             return Err(ChainError::Gap {
@@ -404,54 +585,13 @@ fn chain_from<'a>(
                 prev: prev_seq,
             });
         }
-        let e = Event {
-            actor: r.actor.clone(),
-            event: r.event.clone(),
-            subject: r.subject.clone(),
-            details: r.details.clone(),
-        };
-        if hash(r.seq, &r.ts, &e, &r.prev_hash) != r.hash {
-            return Err(ChainError::Altered { seq: r.seq });
+        if r.check_contents()? {
+            pruned += 1;
         }
         prev_hash = r.hash.clone();
         prev_seq = r.seq;
-        count += 1;
     }
-    Ok(count)
-}
-
-/// A JSON Patch (RFC 6902) turning `from` into `to`: objects are compared
-/// key by key, anything else that differs is replaced whole.
-pub fn json_patch(from: &Value, to: &Value) -> Value {
-    let mut ops = Vec::new();
-    diff("", from, to, &mut ops);
-    Value::Array(ops)
-}
-
-fn pointer_escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
-}
-
-fn diff(path: &str, from: &Value, to: &Value, ops: &mut Vec<Value>) {
-    match (from, to) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, va) in a {
-                let p = format!("{path}/{}", pointer_escape(k));
-                match b.get(k) {
-                    None => ops.push(json!({"op": "remove", "path": p})),
-                    Some(vb) => diff(&p, va, vb, ops),
-                }
-            }
-            for (k, vb) in b {
-                if !a.contains_key(k) {
-                    let p = format!("{path}/{}", pointer_escape(k));
-                    ops.push(json!({"op": "add", "path": p, "value": vb}));
-                }
-            }
-        }
-        (a, b) if a == b => {}
-        (_, b) => ops.push(json!({"op": "replace", "path": path, "value": b})),
-    }
+    Ok(pruned)
 }
 
 #[cfg(test)]

@@ -159,6 +159,12 @@ pub struct RawAudit {
     /// Environment variable holding the HMAC key (at least 32 bytes) that
     /// makes the chain and its head unforgeable without it.
     pub key_env: Option<Spanned<String>>,
+    /// Days to keep every record; older ones are dropped behind a checkpoint
+    /// verification starts from (unset: keep everything).
+    pub retain_days: Option<Spanned<u64>>,
+    /// Days to keep the details of allow/deny decision records; older ones
+    /// keep only their digest, so the chain still verifies (unset: keep).
+    pub retain_decisions_days: Option<Spanned<u64>>,
 }
 
 /// `[log]`

@@ -83,6 +83,17 @@ impl Validator<'_> {
         }
     }
 
+    /// A retention period in days: at least `min`.
+    fn retention(&mut self, value: Option<&Spanned<u64>>, key: &str, min: u64) -> Option<u64> {
+        let v = value?;
+        if *v.get_ref() < min {
+            let msg = format!("must be at least {min} (days)");
+            self.error(Some(v.span()), key, msg);
+            return None;
+        }
+        Some(*v.get_ref())
+    }
+
     /// `[gate] max_grant_s`: 0 turns grants off; at most 30 days.
     fn grant_cap(&mut self, value: Option<Spanned<u64>>) -> u64 {
         const MAX: u64 = 30 * 86_400;
@@ -280,9 +291,15 @@ impl Validator<'_> {
         let demo = raw
             .demo
             .map(|d| self.addr(Some(d.upstream_listen), "demo.upstream_listen", ""));
+        let raw_audit = raw.audit;
         let audit = AuditConfig {
-            key: raw
-                .audit
+            retain_days: self.retention(raw_audit.retain_days.as_ref(), "audit.retain_days", 30),
+            retain_decisions_days: self.retention(
+                raw_audit.retain_decisions_days.as_ref(),
+                "audit.retain_decisions_days",
+                1,
+            ),
+            key: raw_audit
                 .key_env
                 .and_then(|var| match env.var(var.get_ref()) {
                     Some(k) if k.len() >= crate::audit::chain::AuditKey::MIN_LEN => {
@@ -310,6 +327,12 @@ impl Validator<'_> {
                     }
                 }),
         };
+        if let (Some(all), Some(d)) = (audit.retain_days, audit.retain_decisions_days) {
+            if d > all {
+                let msg = format!("{d} days is longer than audit.retain_days ({all}): every record goes after {all} days");
+                self.error(None, "audit.retain_decisions_days", msg);
+            }
+        }
         let principals = self.principals(raw.principals, env);
         let routes = self.routes(raw.routes, base, env, &proxy, policy.mode);
         let notify = self.notify(raw.notify, base, env, &principals);

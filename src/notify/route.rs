@@ -234,6 +234,7 @@ mod tests {
             event: event.into(),
             subject: "a1".into(),
             details,
+            details_sha256: None,
             prev_hash: String::new(),
             hash: String::new(),
             mac: None,

@@ -116,4 +116,12 @@ pub const MIGRATIONS: &[&str] = &[
         ts            TEXT NOT NULL,
         PRIMARY KEY (approval, channel)
      );",
+    "ALTER TABLE audit ADD COLUMN details_sha256 TEXT;
+     CREATE TABLE audit_checkpoint (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        seq  INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        ts   TEXT NOT NULL,
+        mac  TEXT
+     );",
 ];

@@ -10,10 +10,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::migrations::MIGRATIONS;
 use super::{ApprovalQuery, HistoryRow, Inserted, Store, StoredSession};
-use crate::audit::chain::{self as audit, AuditKey, Event, Head, Record};
+use crate::audit::chain::{self as audit, AuditKey, Checkpoint, Event, Head, Record};
 use crate::gate::model::{Approval, Grant, State};
 use crate::history::stats::Stats;
-use chain::{append, row_to_record};
+use chain::{append, row_to_record, RECORD_COLUMNS};
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -110,12 +110,11 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
+        // The head, not the newest row: retention may have dropped every record.
         let tail = conn
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?
             .unwrap_or((0, audit::GENESIS.to_string()));
         Ok(SqliteStore {
@@ -341,22 +340,32 @@ impl Store for SqliteStore {
 
     fn audit_of(&self, subject: &str) -> anyhow::Result<Vec<Record>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, ts, actor, event, subject, details, prev_hash, hash, mac FROM audit
-             WHERE subject = ?1 ORDER BY seq",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM audit WHERE subject = ?1 ORDER BY seq"
+        ))?;
         let rows = stmt.query_map(params![subject], row_to_record)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
     }
 
     fn audit_after(&self, after: i64, limit: usize) -> anyhow::Result<Vec<Record>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, ts, actor, event, subject, details, prev_hash, hash, mac FROM audit
-             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))?;
         let rows = stmt.query_map(params![after, limit as i64], row_to_record)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
+    fn prune_decision_details(&self, up_to_seq: i64, limit: usize) -> anyhow::Result<u64> {
+        chain::prune_decision_details(self, up_to_seq, limit)
+    }
+
+    fn drop_audit_before(&self, checkpoint: &Checkpoint) -> anyhow::Result<u64> {
+        chain::drop_before(self, checkpoint)
+    }
+
+    fn audit_checkpoint(&self) -> anyhow::Result<Option<Checkpoint>> {
+        chain::checkpoint(self)
     }
 
     fn insert_approval(

@@ -12,8 +12,79 @@ fn the_hash_of_a_fixed_record_never_changes() {
         json!({"b": 1, "a": [1, "x"], "nested": {"z": true, "y": null}}),
     );
     assert_eq!(
-        hash(1, "2026-11-22T00:00:00Z", &e, GENESIS),
+        hash_inline(1, "2026-11-22T00:00:00Z", &e, GENESIS),
         "4bc073d474a86c31b9d6ec524d31acf2773ab1498ac35052ec4d5e4272e63c34"
+    );
+    // Records written today name their details by digest (same Python,
+    // with `details` replaced by `details_sha256 = sha256(canonical details)`).
+    let r = seal(1, "2026-11-22T00:00:00Z".into(), e, GENESIS.into(), None);
+    assert_eq!(
+        r.details_sha256.as_deref(),
+        Some("0f0619802c23286eb05deb6b276d65fa5ef4dd48d3ed30894c94ae216c2cb997")
+    );
+    assert_eq!(
+        r.hash,
+        "b1a6d50cc4a8356c5efdcfa6a007af5783aece8e407c87f9f2205c9ce82e460c"
+    );
+}
+
+#[test]
+fn pruned_decisions_still_chain_but_nothing_else_may_lose_its_details() {
+    let mut c: Vec<Record> = Vec::new();
+    let mut prev = GENESIS.to_string();
+    for (i, event) in ["decision", "gate", "decision", "approve"]
+        .iter()
+        .enumerate()
+    {
+        let e = Event::new("bot", event, "x", json!({"reasons": ["r"], "i": i}));
+        let r = seal(
+            i as i64 + 1,
+            format!("2026-11-22T00:00:0{i}Z"),
+            e,
+            prev,
+            None,
+        );
+        prev = r.hash.clone();
+        c.push(r);
+    }
+    c[0] = c[0].pruned();
+    c[2] = c[2].pruned();
+    let v = verify_keyed(&c, None, None).unwrap();
+    assert_eq!((v.records, v.pruned), (4, 2));
+    assert!(c[0].is_pruned() && !c[1].is_pruned());
+    // Details swapped for others: their digest no longer matches.
+    let mut altered = c.clone();
+    altered[2].details = json!({"reasons": ["other"], "i": 2});
+    assert_eq!(verify(&altered), Err(ChainError::Altered { seq: 3 }));
+    // An approval record cannot be "pruned" to hide what it said.
+    let mut hidden = c.clone();
+    hidden[3] = hidden[3].pruned();
+    assert_eq!(
+        verify(&hidden),
+        Err(ChainError::PrunedNotDecision { seq: 4 })
+    );
+    assert!(!hidden[3].hash_matches());
+}
+
+#[test]
+fn verification_starts_from_a_checkpoint_only_the_key_could_sign() {
+    let key = AuditKey::new(&[7; 32]);
+    let c = keyed_chain(5, Some(&key));
+    let h = head(&c, &key);
+    let cp = Checkpoint::after(&c[1], Some(&key));
+    let anchor = cp.anchor(Some(&key)).unwrap();
+    let v = verify_from(&anchor, &c[2..], Some(&key), Some(&h)).unwrap();
+    assert_eq!(v.records, 3);
+    // Dropping one more record needs a new checkpoint; reusing the old one fails.
+    assert!(verify_from(&anchor, &c[3..], Some(&key), Some(&h)).is_err());
+    let forged = Checkpoint::after(&c[2], None);
+    assert_eq!(
+        forged.anchor(Some(&key)),
+        Err(ChainError::BadCheckpoint { seq: 3 })
+    );
+    assert!(
+        forged.anchor(None).is_ok(),
+        "without a key a checkpoint is only consistency"
     );
 }
 
@@ -101,6 +172,7 @@ fn a_key_catches_rewrites_and_truncation() {
         verify_keyed(&c, Some(&key), Some(&h)),
         Ok(Verified {
             records: 5,
+            pruned: 0,
             keyed_from: Some(1)
         })
     );

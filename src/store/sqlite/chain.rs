@@ -1,8 +1,15 @@
-//! Appending to the hash chain inside a transaction, and reading records back.
+//! Appending to the hash chain inside a transaction, reading records back,
+//! and retention (pruning decision details, dropping the oldest records
+//! behind a checkpoint).
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
-use crate::audit::chain::{self as audit, AuditKey, Event, Record};
+use super::SqliteStore;
+use crate::audit::chain::{self as audit, AuditKey, Checkpoint, Event, Record};
+
+/// The columns [`row_to_record`] reads, in order.
+pub(super) const RECORD_COLUMNS: &str =
+    "seq, ts, actor, event, subject, details, prev_hash, hash, mac, details_sha256";
 
 /// Server-clock UTC time for audit records.
 fn now_rfc3339() -> String {
@@ -21,8 +28,8 @@ pub(super) fn append(
         return Ok(Vec::new());
     }
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO audit (seq, ts, actor, event, subject, details, prev_hash, hash, mac)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO audit (seq, ts, actor, event, subject, details, prev_hash, hash, mac, details_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     let (mut seq, mut prev) = tail.clone();
     let mut out = Vec::with_capacity(events.len());
@@ -38,7 +45,8 @@ pub(super) fn append(
             r.details.to_string(),
             r.prev_hash,
             r.hash,
-            r.mac
+            r.mac,
+            r.details_sha256
         ])?;
         prev = r.hash.clone();
         out.push(r);
@@ -65,5 +73,58 @@ pub(super) fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         prev_hash: r.get(6)?,
         hash: r.get(7)?,
         mac: r.get(8)?,
+        details_sha256: r.get(9)?,
     })
+}
+
+/// Drop the details of up to `limit` decision records at or before `seq`
+/// (only those with a digest, whose hash does not cover the details).
+pub(super) fn prune_decision_details(
+    store: &SqliteStore,
+    seq: i64,
+    limit: usize,
+) -> anyhow::Result<u64> {
+    let conn = store.conn()?;
+    let n = conn.execute(
+        "UPDATE audit SET details = 'null' WHERE seq IN (
+            SELECT seq FROM audit WHERE seq <= ?1 AND event = 'decision'
+              AND details_sha256 IS NOT NULL AND details <> 'null' LIMIT ?2)",
+        params![seq, limit as i64],
+    )?;
+    Ok(n as u64)
+}
+
+/// Drop every record up to the checkpoint's, and store the checkpoint, in
+/// one transaction.
+pub(super) fn drop_before(store: &SqliteStore, cp: &Checkpoint) -> anyhow::Result<u64> {
+    let mut conn = store.conn()?;
+    let tx = conn.transaction()?;
+    let n = tx.execute("DELETE FROM audit WHERE seq <= ?1", params![cp.seq])?;
+    tx.execute("DELETE FROM notify_outbox WHERE seq <= ?1", params![cp.seq])?;
+    tx.execute(
+        "INSERT INTO audit_checkpoint (id, seq, hash, ts, mac) VALUES (1, ?1, ?2, ?3, ?4)
+         ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, ts = excluded.ts, mac = excluded.mac",
+        params![cp.seq, cp.hash, cp.ts, cp.mac],
+    )?;
+    tx.commit()?;
+    Ok(n as u64)
+}
+
+/// The checkpoint retention left, if any.
+pub(super) fn checkpoint(store: &SqliteStore) -> anyhow::Result<Option<Checkpoint>> {
+    let conn = store.conn()?;
+    conn.query_row(
+        "SELECT seq, hash, ts, mac FROM audit_checkpoint WHERE id = 1",
+        [],
+        |r| {
+            Ok(Checkpoint {
+                seq: r.get(0)?,
+                hash: r.get(1)?,
+                ts: r.get(2)?,
+                mac: r.get(3)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(Into::into)
 }

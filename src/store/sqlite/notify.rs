@@ -2,7 +2,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::chain::row_to_record;
+use super::chain::{row_to_record, RECORD_COLUMNS};
 use super::SqliteStore;
 use crate::audit::chain::Record;
 use crate::store::notify::{Delivery, Finished, NewDelivery, NotifyStore, OUTBOX_EVENTS};
@@ -44,10 +44,10 @@ fn row_to_delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
 impl NotifyStore for SqliteStore {
     fn outbox(&self, limit: usize) -> anyhow::Result<Vec<Record>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT a.seq, a.ts, a.actor, a.event, a.subject, a.details, a.prev_hash, a.hash, a.mac
-             FROM notify_outbox o JOIN audit a ON a.seq = o.seq ORDER BY o.seq LIMIT ?1",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM audit
+             WHERE seq IN (SELECT seq FROM notify_outbox ORDER BY seq LIMIT ?1) ORDER BY seq"
+        ))?;
         let rows = stmt.query_map(params![limit as i64], row_to_record)?;
         rows.collect::<Result<_, _>>().map_err(Into::into)
     }
