@@ -59,6 +59,7 @@ pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
     let store = open_store(config)?;
     let store_handle = store.clone();
     let metrics = Metrics::new()?;
+    let tracer = crate::trace::Tracer::new(&config.telemetry).context("tracing")?;
     let policy = Engine::start(&config.policy, metrics.clone())?;
     let needs_system_roots = config
         .routes
@@ -97,6 +98,7 @@ pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
         history: history.clone(),
         metrics: metrics.clone(),
         clock,
+        tracer: tracer.clone(),
     });
     let prompts = crate::prompts::Registry::new(crate::prompts::Parts {
         store: store.clone(),
@@ -120,6 +122,7 @@ pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
         access_log: config.log.access,
         prompts: prompts.clone(),
         metrics: metrics.clone(),
+        tracer,
     });
     let notify = crate::notify::Notifier::new(crate::notify::Parts {
         config: config.notify.clone(),

@@ -73,6 +73,8 @@ pub struct Config {
     pub prompts: PromptsConfig,
     /// Notification channels.
     pub notify: NotifyConfig,
+    /// OpenTelemetry traces.
+    pub telemetry: TelemetryConfig,
     /// Built-in demo upstream, if configured.
     pub demo: Option<SocketAddr>,
     /// Agents and humans.
@@ -253,6 +255,30 @@ pub struct Secret(pub String);
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(…)")
+    }
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector base URL; `None`: tracing is off.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name`.
+    pub service_name: String,
+    /// Share of new traces recorded.
+    pub sample_ratio: f64,
+    /// Time allowed for one export.
+    pub timeout: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> TelemetryConfig {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "latch".into(),
+            sample_ratio: 1.0,
+            timeout: Duration::from_secs(10),
+        }
     }
 }
 

@@ -122,6 +122,8 @@ pub struct Parts {
     pub metrics: Metrics,
     /// Where "now" comes from.
     pub clock: Clock,
+    /// OpenTelemetry spans (executions join the agent's trace).
+    pub tracer: crate::trace::Tracer,
 }
 
 /// Cheap-to-clone handle to the approval engine.

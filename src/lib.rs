@@ -61,6 +61,7 @@
 //! - [`audit`]: the hash chain ([`audit::chain`]) and the decision writer.
 //! - [`history`]: action classes and their counts (novelty).
 //! - [`store`]: the storage trait and its SQLite implementation.
+//! - [`trace`]: OpenTelemetry spans per call, exported over OTLP/HTTP.
 //! - [`identity`], [`throttle`], [`tls`], [`telemetry`], [`digest`], [`http_util`], [`ticker`].
 //! - [`demo`]: a built-in tool upstream for the README demo.
 //! - [`cli`] and [`client`]: the `latch` commands.
@@ -91,4 +92,5 @@ pub mod testing;
 pub mod throttle;
 pub mod ticker;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

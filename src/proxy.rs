@@ -67,6 +67,8 @@ pub struct Parts {
     pub prompts: crate::prompts::Registry,
     /// Metrics.
     pub metrics: Metrics,
+    /// OpenTelemetry spans (no-op without an endpoint).
+    pub tracer: crate::trace::Tracer,
 }
 
 /// Cheap-to-clone handle to the data plane.
@@ -97,6 +99,8 @@ struct Ctx {
     /// `allow` / `deny` / `gate`, or the error code.
     outcome: &'static str,
     policy_code: Option<String>,
+    /// The call's span (`latch.call`), parent of the stages' spans.
+    span: crate::trace::Span,
 }
 
 /// What the proxy does next with a call.
@@ -126,8 +130,20 @@ impl Drop for InFlight {
 
 /// Handle one agent request. Any body type works, so tests can call this
 /// in-process (see [`crate::http_util::boxed_request`]).
-pub async fn handle(proxy: Proxy, req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
+pub async fn handle(proxy: Proxy, mut req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
     let _in_flight = InFlight::new(&proxy.metrics.in_flight);
+    let incoming = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    let span = proxy.tracer.start_from("latch.call", incoming);
+    // The call continues the agent's trace; what Latch sends on names its own span.
+    if let Some(v) = span
+        .traceparent()
+        .and_then(|t| HeaderValue::from_str(&t).ok())
+    {
+        req.headers_mut().insert("traceparent", v);
+    }
     let mut ctx = Ctx {
         id: uuid::Uuid::now_v7().to_string(),
         start: Instant::now(),
@@ -136,13 +152,17 @@ pub async fn handle(proxy: Proxy, req: Request<Body>, conn: Arc<ConnInfo>) -> Re
         route: None,
         outcome: "error",
         policy_code: None,
+        span,
     };
     // The pipeline's state is boxed and freed before a held call waits, so
     // each of thousands of held calls keeps only the small wait future.
     let step = Box::pin(pipeline(&proxy, req, &conn, &mut ctx)).await;
     let mut resp = match step {
         Ok(Step::Answer(resp)) => resp,
-        Ok(Step::Hold(held)) => held::wait(&proxy, held).await,
+        Ok(Step::Hold(held)) => {
+            let _wait = proxy.tracer.child("latch.wait", &ctx.span);
+            held::wait(&proxy, held).await
+        }
         Err(e) => {
             ctx.outcome = e.status_and_code().1;
             e.into_response(&ctx.id)
@@ -152,6 +172,18 @@ pub async fn handle(proxy: Proxy, req: Request<Body>, conn: Arc<ConnInfo>) -> Re
         resp.headers_mut().insert("latch-request-id", v);
     }
     let route = ctx.route.as_deref().unwrap_or("-");
+    ctx.span.set("latch.request_id", ctx.id.as_str());
+    ctx.span.set("latch.route", route);
+    ctx.span.set("latch.decision", ctx.outcome);
+    if let Some(a) = &ctx.agent {
+        ctx.span.set("latch.agent", a.id.as_str());
+    }
+    if let Some(c) = &ctx.policy_code {
+        ctx.span.set("latch.code", c.as_str());
+    }
+    if resp.status().is_server_error() {
+        ctx.span.fail(format!("answered {}", resp.status()));
+    }
     proxy
         .metrics
         .requests
@@ -209,19 +241,27 @@ async fn pipeline(
     let (mut parts, body) = req.into_parts();
     let body = read::read(p, route, &mut parts, body).await?;
     let mut call = call::build(p, route, &agent, &parts, decoded_path, &body)?;
+    ctx.span.set("latch.tool", route.config.tool.as_str());
+    let policy_span = p.tracer.child("latch.policy", &ctx.span);
     let verdict = evaluate::evaluate(p, &mut call, body.judged.is_some(), ctx).await;
+    drop(policy_span);
+    ctx.span.set("latch.risk", verdict.decision.risk.as_str());
+    if verdict.decision.action == Action::Gate && verdict.shadowed.is_none() {
+        ctx.span.set("latch.approval_id", ctx.id.as_str());
+    }
     let recorded = record::Recorded {
         proxy: p,
         request_id: &ctx.id,
         agent: &agent,
         call: &call,
         policy: verdict.policy.hash(),
+        span: &ctx.span,
     };
     match (verdict.decision.action, verdict.shadowed) {
         (_, Some(would)) => {
             recorded.record(&verdict.decision, true, None).await?;
             let body = read::outgoing(body)?;
-            let mut resp = forward::forward(route, parts, body, conn).await?;
+            let mut resp = forward::forward(p, route, parts, body, conn, &ctx.span).await?;
             resp.headers_mut()
                 .insert("latch-shadow", HeaderValue::from_static(would.as_str()));
             Ok(Step::Answer(resp))
@@ -235,7 +275,7 @@ async fn pipeline(
             let grant = verdict.grant.as_ref().map(|g| &g.grant);
             recorded.record(&verdict.decision, false, grant).await?;
             let body = read::outgoing(body)?;
-            let mut resp = forward::forward(route, parts, body, conn).await?;
+            let mut resp = forward::forward(p, route, parts, body, conn, &ctx.span).await?;
             // The agent learns which grant let it through (and may cite it).
             if let Some(v) = grant.and_then(|g| HeaderValue::from_str(&g.id).ok()) {
                 resp.headers_mut().insert("latch-grant", v);

@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("history", 50),
     ("audit", 50),
     ("identity", 50),
+    ("trace", 45),
     ("store", 40),
     ("telemetry", 40),
     ("tls", 40),

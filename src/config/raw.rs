@@ -36,6 +36,9 @@ pub struct RawConfig {
     /// The prompt registry.
     #[serde(default)]
     pub prompts: RawPrompts,
+    /// OpenTelemetry traces.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
     /// Where reviewers hear about held calls (Slack, e-mail, webhooks, PagerDuty).
     pub notify: Option<RawNotify>,
     /// The built-in demo tool upstream (for the README demo and tests).
@@ -214,6 +217,22 @@ pub struct RawPrincipal {
     pub email: Option<String>,
     /// The Slack user id that acts as this principal from Slack.
     pub slack_user: Option<String>,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// OTLP/HTTP collector base URL, e.g. `http://127.0.0.1:4318` (spans go
+    /// to `/v1/traces`); unset: no tracing at all.
+    pub otlp_endpoint: Option<Spanned<String>>,
+    /// `service.name` of the spans (default `latch`).
+    pub service_name: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0 (default 1.0); an agent's
+    /// sampled `traceparent` is followed either way.
+    pub sample_ratio: Option<Spanned<f64>>,
+    /// Time allowed for one export (default 10000).
+    pub timeout_ms: Option<Spanned<u64>>,
 }
 
 /// `[notify]`

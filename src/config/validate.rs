@@ -336,6 +336,7 @@ impl Validator<'_> {
         let principals = self.principals(raw.principals, env);
         let routes = self.routes(raw.routes, base, env, &proxy, policy.mode);
         let notify = self.notify(raw.notify, base, env, &principals);
+        let telemetry = self.telemetry(raw.telemetry);
         Config {
             path: self.file.clone(),
             proxy,
@@ -361,6 +362,7 @@ impl Validator<'_> {
                 }
             },
             notify,
+            telemetry,
             demo,
             principals,
             routes,

@@ -41,6 +41,29 @@ const KEYS: &[(&str, &[&str])] = &[
 ];
 
 impl Validator<'_> {
+    pub(super) fn telemetry(&mut self, raw: super::raw::RawTelemetry) -> TelemetryConfig {
+        let d = TelemetryConfig::default();
+        let otlp_endpoint = raw.otlp_endpoint.and_then(|u| {
+            self.http_url(&u, "telemetry.otlp_endpoint")
+                .map(|_| u.get_ref().trim_end_matches('/').to_string())
+        });
+        let sample_ratio = match raw.sample_ratio {
+            None => d.sample_ratio,
+            Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
+            Some(r) => {
+                let msg = format!("{} must be between 0.0 and 1.0", r.get_ref());
+                self.error(Some(r.span()), "telemetry.sample_ratio", msg);
+                d.sample_ratio
+            }
+        };
+        TelemetryConfig {
+            otlp_endpoint,
+            service_name: raw.service_name.unwrap_or(d.service_name),
+            sample_ratio,
+            timeout: self.millis(raw.timeout_ms, "telemetry.timeout_ms", 10_000),
+        }
+    }
+
     pub(super) fn notify(
         &mut self,
         raw: Option<RawNotify>,

@@ -126,6 +126,20 @@ impl Gate {
             http::header::CONTENT_LENGTH,
             http::HeaderValue::from(a.body.len()),
         );
+        // The execution joins the trace of the call it releases, however
+        // much later; the upstream sees this span as its parent.
+        let stored = headers.get("traceparent").and_then(|v| v.to_str().ok());
+        let span = self.parts().tracer.start_from("latch.execute", stored);
+        span.set("latch.approval_id", a.id.as_str());
+        span.set("latch.route", a.route.as_str());
+        span.set("latch.tool", a.tool.as_str());
+        span.set("latch.agent", a.agent.as_str());
+        if let Some(v) = span
+            .traceparent()
+            .and_then(|t| http::HeaderValue::from_str(&t).ok())
+        {
+            headers.insert("traceparent", v);
+        }
         let call = Call {
             method: a
                 .method
@@ -138,7 +152,11 @@ impl Gate {
             peer,
             tls: a.tls,
         };
-        let answer = route.send_collect(call, MAX_STORED_RESULT).await?;
+        let answer = route
+            .send_collect(call, MAX_STORED_RESULT)
+            .await
+            .inspect_err(|e| span.fail(e.as_str()))?;
+        span.set("http.response.status_code", answer.status.to_string());
         Ok(StoredResult {
             status: answer.status,
             headers: answer.headers,

@@ -11,11 +11,20 @@ use crate::upstream::{Call, Route};
 
 /// Send the call and relay the answer, marked `latch-decision: allow`.
 pub(super) async fn forward(
+    p: &super::Proxy,
     route: &Route,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: Body,
     conn: &ConnInfo,
+    call_span: &crate::trace::Span,
 ) -> Result<Response<Body>, ProxyError> {
+    let span = p.tracer.child("latch.upstream", call_span);
+    if let Some(v) = span
+        .traceparent()
+        .and_then(|t| HeaderValue::from_str(&t).ok())
+    {
+        parts.headers.insert("traceparent", v);
+    }
     let suffix = path::raw_suffix(parts.uri.path(), &route.config.prefix);
     let call = Call {
         method: parts.method,
@@ -26,10 +35,11 @@ pub(super) async fn forward(
         peer: conn.peer,
         tls: conn.tls,
     };
-    let resp = route
-        .send(call)
-        .await
-        .map_err(|e| ProxyError::from_send(e, route.config.max_body_bytes))?;
+    let resp = route.send(call).await.map_err(|e| {
+        span.fail(e.to_string());
+        ProxyError::from_send(e, route.config.max_body_bytes)
+    })?;
+    span.set("http.response.status_code", resp.status().as_str());
     let (mut parts, body) = resp.into_parts();
     parts
         .headers

@@ -71,7 +71,10 @@ pub(super) async fn hold(
         waits: !prefer_async,
         excluded: Vec::new(),
     };
+    // The approval and its audit record commit together.
+    let span = r.proxy.tracer.child("latch.audit", r.span);
     let mut held = r.proxy.gate.propose(proposal).await?;
+    drop(span);
     if prefer_async {
         held.disarm();
         return Ok(Step::Answer(accepted(&held.id)));

@@ -23,6 +23,8 @@ pub(super) struct Recorded<'a> {
     pub call: &'a Call<'a>,
     /// Hash of the policy set that decided.
     pub policy: &'a str,
+    /// The call's span (the audit write gets a child).
+    pub span: &'a crate::trace::Span,
 }
 
 impl Recorded<'_> {
@@ -46,10 +48,10 @@ impl Recorded<'_> {
             details["granted_by"] = json!(g.granted_by);
         }
         let event = Event::new(&self.agent.id, "decision", self.request_id, details);
-        self.proxy
-            .audit
-            .record(event)
-            .await
-            .map_err(|_| ProxyError::AuditUnavailable)
+        let span = self.proxy.tracer.child("latch.audit", self.span);
+        self.proxy.audit.record(event).await.map_err(|_| {
+            span.fail("audit log unavailable");
+            ProxyError::AuditUnavailable
+        })
     }
 }
