@@ -64,6 +64,84 @@ impl AuditLog {
     }
 }
 
+/// Records per page when streaming the chain.
+const PAGE: usize = 10_000;
+
+/// Call `f` on every record with `after < seq <= upto`, in order, a page at
+/// a time (constant memory however long the log).
+pub fn each_record(
+    store: &dyn crate::store::Store,
+    mut after: i64,
+    upto: i64,
+    mut f: impl FnMut(&Record) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    while after < upto {
+        let page = store.audit_after(after, PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for r in page.iter().take_while(|r| r.seq <= upto) {
+            f(r)?;
+        }
+    }
+    Ok(())
+}
+
+/// The stored chain, verified from its retention checkpoint (or the
+/// start) to the head as read first (records appended meanwhile are left
+/// for the next run), streaming. The outer error is the store's; the inner
+/// one the first problem in the chain.
+pub fn verify_store(
+    store: &dyn crate::store::Store,
+    key: Option<&chain::AuditKey>,
+) -> anyhow::Result<Result<StoreVerified, chain::ChainError>> {
+    let head = store.audit_head()?;
+    let checkpoint = store.audit_checkpoint()?;
+    let anchor = match checkpoint.as_ref().map(|c| c.anchor(key)).transpose() {
+        Ok(a) => a.unwrap_or_else(chain::Anchor::genesis),
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut v = chain::Verifier::new(&anchor, key);
+    let mut broken = None;
+    let upto = head.as_ref().map_or(anchor.seq, |h| h.seq);
+    each_record(store, anchor.seq, upto, |r| {
+        if broken.is_none() {
+            if let Err(e) = v.push(r) {
+                broken = Some(e);
+            }
+        }
+        Ok(())
+    })?;
+    if let Some(e) = broken {
+        return Ok(Err(e));
+    }
+    // Records past a head that has not moved were not written by Latch
+    // (a running Latch moves the head with every record it appends).
+    if let Some(extra) = store.audit_after(upto, 1)?.first() {
+        if store.audit_head()?.as_ref().map(|h| h.seq) == head.as_ref().map(|h| h.seq) {
+            return Ok(Err(chain::ChainError::Truncated {
+                last: extra.seq,
+                head: upto,
+            }));
+        }
+    }
+    Ok(v.finish(head.as_ref()).map(|verified| StoreVerified {
+        verified,
+        checkpoint,
+        head,
+    }))
+}
+
+/// What [`verify_store`] proved, and where the chain starts and ends.
+#[derive(Debug)]
+pub struct StoreVerified {
+    /// Records, pruned records, keyed-from.
+    pub verified: chain::Verified,
+    /// Where retention cut the chain, if it did.
+    pub checkpoint: Option<chain::Checkpoint>,
+    /// Where the chain ends.
+    pub head: Option<chain::Head>,
+}
+
 /// What one retention pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Retained {
@@ -312,5 +390,51 @@ mod tests {
         assert_eq!(check(&store).records, 2);
         let r = retain(&store, None, Some(30), Some(&key), much_later).unwrap();
         assert_eq!((r.dropped, check(&store).records), (1, 1));
+    }
+
+    #[test]
+    fn the_stored_chain_verifies_streaming_and_its_ends_are_guarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let store = SqliteStore::open(&path, None).unwrap();
+        let events: Vec<Event> = (0..25_000)
+            .map(|i| {
+                Event::new(
+                    "bot",
+                    "decision",
+                    &i.to_string(),
+                    serde_json::json!({"i": i}),
+                )
+            })
+            .collect();
+        store.append_audit(&events).unwrap();
+        let ok = verify_store(&store, None).unwrap().unwrap();
+        assert_eq!(ok.verified.records, 25_000, "more than two pages");
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        // A record beyond a head that did not move: added by someone else.
+        raw.execute(
+            "UPDATE audit_head SET seq = 24999, hash = (SELECT hash FROM audit WHERE seq = 24999)",
+            [],
+        )
+        .unwrap();
+        assert!(matches!(
+            verify_store(&store, None).unwrap(),
+            Err(chain::ChainError::Truncated { .. })
+        ));
+        // The newest records removed: the head names one that is gone.
+        raw.execute(
+            "UPDATE audit_head SET seq = 25000, hash = (SELECT hash FROM audit WHERE seq = 25000)",
+            [],
+        )
+        .unwrap();
+        raw.execute("DELETE FROM audit WHERE seq > 24990", [])
+            .unwrap();
+        assert_eq!(
+            verify_store(&store, None).unwrap().unwrap_err(),
+            chain::ChainError::Truncated {
+                last: 24990,
+                head: 25000
+            }
+        );
     }
 }

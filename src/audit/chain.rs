@@ -33,7 +33,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 mod patch;
+mod verify;
 pub use patch::json_patch;
+pub use verify::{verify, verify_from, verify_keyed, Anchor, Verified, Verifier};
 
 /// The key that makes the chain unforgeable without it (`[audit] key_env`).
 #[derive(Clone)]
@@ -450,148 +452,6 @@ pub enum ChainError {
         /// The newest record the head vouches for.
         head: i64,
     },
-}
-
-/// What a verification proved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
-    /// Records checked.
-    pub records: u64,
-    /// Decision records among them whose details retention pruned.
-    pub pruned: u64,
-    /// The first record covered by a MAC (all later ones are too), when keyed.
-    pub keyed_from: Option<i64>,
-}
-
-/// Where a verified stretch of the chain starts: the record before its
-/// first one (`seq` 0 and [`GENESIS`] for the whole chain).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Anchor {
-    /// Sequence number of the record before the first one checked.
-    pub seq: i64,
-    /// Its hash.
-    pub hash: String,
-}
-
-impl Anchor {
-    /// The start of every chain.
-    pub fn genesis() -> Anchor {
-        Anchor {
-            seq: 0,
-            hash: GENESIS.to_string(),
-        }
-    }
-}
-
-/// Verify the chain, and with `key` every MAC and the head: without a key
-/// this proves the records are consistent with each other; with it, that
-/// nobody without the key changed, added or removed any keyed record.
-pub fn verify_keyed<'a>(
-    records: impl IntoIterator<Item = &'a Record>,
-    key: Option<&AuditKey>,
-    head: Option<&Head>,
-) -> Result<Verified, ChainError> {
-    verify_from(&Anchor::genesis(), records, key, head)
-}
-
-/// [`verify_keyed`] for a stretch of the chain that starts after `anchor`
-/// (e.g. an export made with `--since`).
-pub fn verify_from<'a>(
-    anchor: &Anchor,
-    records: impl IntoIterator<Item = &'a Record>,
-    key: Option<&AuditKey>,
-    head: Option<&Head>,
-) -> Result<Verified, ChainError> {
-    let mut last: Option<&Record> = None;
-    let mut keyed_from = None;
-    let mut count = 0;
-    let mut all = Vec::new();
-    for r in records {
-        all.push(r);
-        if let Some(k) = key {
-            match (&r.mac, keyed_from) {
-                (Some(m), _) => {
-                    if !AuditKey::check(&k.record_mac(&r.hash), m) {
-                        return Err(ChainError::BadMac { seq: r.seq });
-                    }
-                    keyed_from.get_or_insert(r.seq);
-                }
-                (None, Some(_)) => return Err(ChainError::Unkeyed { seq: r.seq }),
-                (None, None) => {}
-            }
-        }
-        last = Some(r);
-        count += 1;
-    }
-    let pruned = chain_from(anchor, all.iter().copied())?;
-    let (last_seq, last_hash) = last.map_or((anchor.seq, anchor.hash.as_str()), |r| {
-        (r.seq, r.hash.as_str())
-    });
-    match (key, head) {
-        (Some(k), Some(h)) => {
-            let ok = h
-                .mac
-                .as_deref()
-                .is_some_and(|m| AuditKey::check(&k.head_mac(h.seq, &h.hash), m));
-            if !ok {
-                return Err(ChainError::BadHead);
-            }
-        }
-        (Some(_), None) if count > 0 => return Err(ChainError::BadHead),
-        _ => {}
-    }
-    if let Some(h) = head {
-        if h.seq != last_seq || h.hash != last_hash {
-            return Err(ChainError::Truncated {
-                last: last_seq,
-                head: h.seq,
-            });
-        }
-    }
-    Ok(Verified {
-        records: count,
-        pruned,
-        keyed_from,
-    })
-}
-
-/// Recompute the chain over `records` (in stored order); how many records.
-pub fn verify<'a>(records: impl IntoIterator<Item = &'a Record>) -> Result<u64, ChainError> {
-    let mut n = 0;
-    let counted = records.into_iter().inspect(|_| n += 1);
-    chain_from(&Anchor::genesis(), counted)?;
-    Ok(n)
-}
-
-/// Recompute the chain over `records`, which follow `anchor`; how many
-/// of them were pruned.
-fn chain_from<'a>(
-    anchor: &Anchor,
-    records: impl IntoIterator<Item = &'a Record>,
-) -> Result<u64, ChainError> {
-    let mut prev_hash = anchor.hash.clone();
-    let mut prev_seq = anchor.seq;
-    let mut pruned = 0;
-    for r in records {
-        if r.seq != prev_seq + 1 {
-            return Err(ChainError::Gap {
-                seq: r.seq,
-                expected: prev_seq + 1,
-            });
-        }
-        if r.prev_hash != prev_hash {
-            return Err(ChainError::Broken {
-                seq: r.seq,
-                prev: prev_seq,
-            });
-        }
-        if r.check_contents()? {
-            pruned += 1;
-        }
-        prev_hash = r.hash.clone();
-        prev_seq = r.seq;
-    }
-    Ok(pruned)
 }
 
 #[cfg(test)]

@@ -16,40 +16,23 @@ pub fn audit_verify(config: &Config) -> i32 {
             return 1;
         }
     };
-    let records = match crate::audit::records(&*store, 0, usize::MAX, None, None) {
-        Ok(r) => r,
+    let key = config.audit.key.as_ref();
+    let outcome = match crate::audit::verify_store(&*store, key) {
+        Ok(o) => o,
         Err(e) => {
             eprintln!("error: reading the audit log: {e:#}");
             return 1;
         }
     };
-    let head = match store.audit_head() {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("error: reading the audit head: {e:#}");
-            return 1;
-        }
-    };
-    let key = config.audit.key.as_ref();
-    let checkpoint = match store.audit_checkpoint() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: reading the retention checkpoint: {e:#}");
-            return 1;
-        }
-    };
-    let anchor = match checkpoint.as_ref().map(|c| c.anchor(key)).transpose() {
-        Ok(a) => a.unwrap_or_else(crate::audit::chain::Anchor::genesis),
-        Err(e) => {
-            eprintln!("error: audit chain broken at {e}");
-            return 1;
-        }
-    };
-    match crate::audit::chain::verify_from(&anchor, &records, key, head.as_ref()) {
-        Ok(v) => {
-            let last = records
-                .last()
-                .map(|r| r.hash.as_str())
+    match outcome {
+        Ok(crate::audit::StoreVerified {
+            verified: v,
+            checkpoint,
+            head,
+        }) => {
+            let last = head
+                .as_ref()
+                .map(|h| h.hash.as_str())
                 .unwrap_or(crate::audit::chain::GENESIS);
             println!("ok: {} records, chain intact, head {last}", v.records);
             if let Some(c) = &checkpoint {
@@ -139,20 +122,26 @@ pub fn audit_export(
     // The head first: records appended meanwhile are left for the next export.
     let head = store.audit_head()?;
     let end = head.as_ref().map_or(0, |h| h.seq);
-    let records: Vec<_> = crate::audit::records(&*store, 0, usize::MAX, since_time, None)?
+    // The export is the contiguous stretch from the first record at or after
+    // `--since` to the head, streamed a page at a time.
+    let first = crate::audit::records(&*store, 0, 1, since_time, None)?
         .into_iter()
-        .filter(|r| archive.is_none() || r.seq <= end)
-        .collect();
+        .next()
+        .filter(|r| r.seq <= end);
+    let (after, count) = match &first {
+        Some(r) => (r.seq - 1, end - r.seq + 1),
+        None => (end, 0),
+    };
     let Some(path) = archive else {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        for r in &records {
+        crate::audit::each_record(&*store, after, end, |r| {
             serde_json::to_writer(&mut out, r)?;
-            out.write_all(b"\n")?;
-        }
+            Ok(out.write_all(b"\n")?)
+        })?;
         return Ok(out.flush()?);
     };
-    let anchor = match records.first() {
-        Some(r) => serde_json::json!({"seq": r.seq - 1, "hash": r.prev_hash}),
+    let anchor = match &first {
+        Some(r) => serde_json::json!({"seq": after, "hash": r.prev_hash}),
         None => {
             serde_json::json!({"seq": end, "hash": head.as_ref().map_or(crate::audit::chain::GENESIS, |h| h.hash.as_str())})
         }
@@ -160,7 +149,7 @@ pub fn audit_export(
     let header = serde_json::json!({
         "latch_audit_export": 1,
         "exported_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "since": since, "anchor": anchor, "head": head, "records": records.len(),
+        "since": since, "anchor": anchor, "head": head, "records": count,
     });
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -170,17 +159,17 @@ pub fn audit_export(
     ));
     serde_json::to_writer(&mut out, &header)?;
     out.write_all(b"\n")?;
-    for r in &records {
+    crate::audit::each_record(&*store, after, end, |r| {
         serde_json::to_writer(&mut out, r)?;
-        out.write_all(b"\n")?;
-    }
+        Ok(out.write_all(b"\n")?)
+    })?;
     let gz = out
         .into_inner()
         .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
     gz.finish()
         .with_context(|| format!("writing {}", path.display()))?
         .sync_all()?;
-    eprintln!("wrote {} records to {}", records.len(), path.display());
+    eprintln!("wrote {count} records to {}", path.display());
     Ok(())
 }
 
@@ -201,26 +190,25 @@ pub fn audit_verify_file(config: Option<&Config>, path: &Path) -> i32 {
 }
 
 fn verify_export(config: Option<&Config>, path: &Path) -> anyhow::Result<String> {
-    use std::io::{BufRead, Read};
-    let mut raw = Vec::new();
-    std::fs::File::open(path)?.read_to_end(&mut raw)?;
-    let text = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut s = String::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_string(&mut s)
-            .context("not a readable gzip file")?;
-        s
+    use std::io::BufRead;
+    let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let gzip = file.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    // Streamed: a file of any size verifies in constant memory.
+    let reader: Box<dyn BufRead> = if gzip {
+        Box::new(std::io::BufReader::new(
+            flate2::bufread::MultiGzDecoder::new(file),
+        ))
     } else {
-        String::from_utf8(raw).context("not UTF-8 text")?
+        Box::new(file)
     };
-    let mut lines = text.as_bytes().lines();
-    let header: serde_json::Value = serde_json::from_str(
-        &lines
-            .next()
-            .transpose()?
-            .ok_or_else(|| anyhow!("the file is empty"))?,
-    )
-    .context("line 1 is not an export header")?;
+    let mut lines = reader.lines();
+    let first = lines
+        .next()
+        .transpose()
+        .context("not UTF-8 text or not a readable gzip file")?
+        .ok_or_else(|| anyhow!("the file is empty"))?;
+    let header: serde_json::Value =
+        serde_json::from_str(&first).context("line 1 is not an export header")?;
     if header["latch_audit_export"] != 1 {
         anyhow::bail!("line 1 is not a Latch audit export header");
     }
@@ -235,26 +223,36 @@ fn verify_export(config: Option<&Config>, path: &Path) -> anyhow::Result<String>
     };
     let head: Option<crate::audit::chain::Head> =
         serde_json::from_value(header["head"].clone()).context("the header's head is malformed")?;
-    let mut records = Vec::new();
+    let key = config.and_then(|c| c.audit.key.as_ref());
+    let mut verifier = crate::audit::chain::Verifier::new(&anchor, key);
+    let mut count: u64 = 0;
     for (i, line) in lines.enumerate() {
-        let line = line?;
+        let line = line.with_context(|| format!("reading line {}", i + 2))?;
         if line.is_empty() {
             continue;
         }
-        records.push(
-            serde_json::from_str::<crate::audit::chain::Record>(&line)
-                .with_context(|| format!("line {} is not an audit record", i + 2))?,
-        );
+        let r = serde_json::from_str::<crate::audit::chain::Record>(&line)
+            .with_context(|| format!("line {} is not an audit record", i + 2))?;
+        count += 1;
+        if header["records"].as_u64().is_some_and(|n| count > n) {
+            anyhow::bail!(
+                "the header says {} records, the file has more (padded)",
+                header["records"]
+            );
+        }
+        verifier
+            .push(&r)
+            .map_err(|e| anyhow!("audit chain broken at {e}"))?;
     }
-    if header["records"].as_u64() != Some(records.len() as u64) {
+    if header["records"].as_u64() != Some(count) {
         anyhow::bail!(
             "the header says {} records, the file has {} (cut short or padded)",
             header["records"],
-            records.len()
+            count
         );
     }
-    let key = config.and_then(|c| c.audit.key.as_ref());
-    let v = crate::audit::chain::verify_from(&anchor, &records, key, head.as_ref())
+    let v = verifier
+        .finish(head.as_ref())
         .map_err(|e| anyhow!("audit chain broken at {e}"))?;
     let keyed = match (key, v.keyed_from) {
         (None, _) => "not keyed: consistent records only (no [audit] key_env)".to_string(),
