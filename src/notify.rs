@@ -167,7 +167,7 @@ impl Notifier {
     pub async fn round(&self) -> anyhow::Result<bool> {
         let fanned = self.fan_out().await?;
         let store = self.parts().store.clone();
-        let now = self.parts().gate.now_ms();
+        let now = wall_ms();
         let lease = now + (self.parts().config.timeout.as_millis() as i64) * 3;
         let due = blocking(move || store.claim_deliveries(now, lease, BATCH)).await?;
         let mut tasks = tokio::task::JoinSet::new();
@@ -238,7 +238,7 @@ impl Notifier {
         };
         let how = match result {
             Ok(()) => {
-                let waited = (p.gate.now_ms() - m.created_at).max(0) as f64 / 1000.0;
+                let waited = (wall_ms() - m.created_at).max(0) as f64 / 1000.0;
                 p.metrics
                     .delivery_seconds
                     .with_label_values(&[m.channel.as_str()])
@@ -257,7 +257,7 @@ impl Notifier {
                 tracing::info!(channel = %m.channel, approval = %m.approval, error = %f.error,
                                retry_in_ms = wait.as_millis() as u64, "notification failed; will retry");
                 Finished::Retry {
-                    at: p.gate.now_ms() + wait.as_millis() as i64,
+                    at: wall_ms() + wait.as_millis() as i64,
                     error: f.error,
                 }
             }
@@ -292,7 +292,7 @@ impl Notifier {
         };
         match channel {
             Channel::Webhook(w) => {
-                let ts = p.gate.now_ms() / 1000;
+                let ts = wall_ms() / 1000;
                 w.send(&format!("msg_{}", d.id), ts, &m.payload).await
             }
             Channel::PagerDuty(pd) if m.kind == route::DECIDED => pd.resolve(&a.id).await,
@@ -368,11 +368,17 @@ impl Notifier {
     /// Queue dead letter `id` again; `Ok(false)`: there is no such dead letter.
     pub async fn retry_dead(&self, id: i64) -> anyhow::Result<bool> {
         let store = self.parts().store.clone();
-        let now = self.parts().gate.now_ms();
+        let now = wall_ms();
         let requeued = blocking(move || store.requeue_dead(id, now)).await?;
         self.measure().await;
         Ok(requeued)
     }
+}
+
+/// Now, Unix ms, from the wall clock: deliveries, retries and Slack's
+/// signatures live in real time, whatever clock the gate's deadlines use.
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// `base × 2^attempts`, capped, times a random factor in [0.5, 1.5) so
