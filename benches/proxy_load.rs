@@ -111,6 +111,43 @@ fn admin_post(admin: SocketAddr, path: &str, body: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// How many allowed calls on route `search` Latch says it answered
+/// (`latch_requests_total` on its own `/metrics`).
+fn answered_allows(admin: SocketAddr) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("connect admin");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: latch\r\nconnection: close\r\n\r\n")
+        .expect("send");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find(|l| {
+            l.starts_with("latch_requests_total{")
+                && l.contains(r#"route="search""#)
+                && l.contains(r#"decision="allow""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .map_or(0, |n| n as u64)
+}
+
+/// Allow decision records for route `search` in the audit log at `db`.
+fn decision_records(db: &Path) -> u64 {
+    use latch::store::Store;
+    let store = latch::store::sqlite::SqliteStore::open(db, None).expect("open the audit log");
+    let upto = store.audit_head().expect("head").map_or(0, |h| h.seq);
+    let mut n = 0;
+    latch::audit::each_record(&store, 0, upto, |r| {
+        if r.event == "decision" && r.details["route"] == "search" && r.details["action"] == "allow"
+        {
+            n += 1;
+        }
+        Ok(())
+    })
+    .expect("read the audit log");
+    n
+}
+
 /// A prompt with a label that moves at once (not protected), to fetch.
 fn publish_prompt(admin: SocketAddr) {
     let template = "You draft replies to customers. Be brief and kind.\\n\\nCustomer: {{customer}}\\nIssue: {{issue}}";
@@ -281,7 +318,7 @@ fn main() {
     let rounds_n = env_u64("LOAD_ROUNDS", 3).max(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let upstream = start_upstream();
-    let (_latch, latch_addr, admin_addr) = start_latch(dir.path(), upstream);
+    let (latch_proc, latch_addr, admin_addr) = start_latch(dir.path(), upstream);
     publish_prompt(admin_addr);
     let nginx = start_nginx(dir.path(), upstream);
 
@@ -370,6 +407,10 @@ fn main() {
         println!("closed loop: Latch/nginx throughput ratio {:.2}", l.0 / n.0);
     }
 
+    // Every call Latch answered as allowed has its decision record — even
+    // after a kill -9 right now (records commit before the call is sent).
+    let answered = answered_allows(admin_addr);
+
     // Prompt fetches: served from the registry's cache on the proxy listener.
     let prompt = format!("http://{latch_addr}/latch/v1/prompts/reply?label=bench");
     rt.block_on(closed_loop(&prompt, 4, 1));
@@ -383,4 +424,15 @@ fn main() {
         "rate={rate:<6} prompts  {:>9.0} {:>8.3} {:>8.3} {:>8}",
         r.rps, r.p50_ms, r.p99_ms, r.errors
     );
+    drop(latch_proc); // SIGKILL
+    let records = decision_records(&dir.path().join("latch.db"));
+    println!(
+        "decision records: {records} for {answered} allowed calls answered{}",
+        if records == answered {
+            " (none lost)"
+        } else {
+            " — MISMATCH"
+        }
+    );
+    assert_eq!(records, answered, "a decision record is missing");
 }

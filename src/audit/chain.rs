@@ -274,9 +274,9 @@ impl Record {
 
 /// SHA-256 of the canonical JSON of `details`.
 pub fn details_digest(details: &Value) -> String {
-    let mut text = String::with_capacity(256);
-    canonical(details, &mut text);
-    crate::digest::hex(&Sha256::digest(text.as_bytes()))
+    let mut buf = Vec::with_capacity(256);
+    canonical_bytes(details, &mut buf);
+    crate::digest::hex(&Sha256::digest(&buf))
 }
 
 /// The hash of record `r` whose details have digest `details_sha256`.
@@ -301,15 +301,32 @@ fn header_hash(
     details_sha256: &str,
     prev_hash: &str,
 ) -> String {
-    let body = json!({
-        "seq": seq, "ts": ts, "actor": actor, "event": event,
-        "subject": subject, "details_sha256": details_sha256, "prev_hash": prev_hash,
-    });
-    let mut text = String::with_capacity(256);
-    canonical(&body, &mut text);
+    // The canonical JSON of {actor, details_sha256, event, prev_hash, seq,
+    // subject, ts}, keys in sorted order, written directly.
+    let mut text = Vec::with_capacity(320);
+    let field = |name: &str, first: bool, text: &mut Vec<u8>| {
+        text.push(if first { b'{' } else { b',' });
+        json_str(name, text);
+        text.push(b':');
+    };
+    field("actor", true, &mut text);
+    json_str(actor, &mut text);
+    field("details_sha256", false, &mut text);
+    json_str(details_sha256, &mut text);
+    field("event", false, &mut text);
+    json_str(event, &mut text);
+    field("prev_hash", false, &mut text);
+    json_str(prev_hash, &mut text);
+    field("seq", false, &mut text);
+    text.extend_from_slice(seq.to_string().as_bytes());
+    field("subject", false, &mut text);
+    json_str(subject, &mut text);
+    field("ts", false, &mut text);
+    json_str(ts, &mut text);
+    text.push(b'}');
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
-    h.update(text.as_bytes());
+    h.update(&text);
     crate::digest::hex(&h.finalize())
 }
 
@@ -331,33 +348,49 @@ pub fn hash_inline(seq: i64, ts: &str, e: &Event, prev_hash: &str) -> String {
 /// out here rather than left to `serde_json`'s map order, which a feature
 /// (`preserve_order`) enabled anywhere in the build would change.
 pub fn canonical(v: &Value, out: &mut String) {
+    let mut buf = Vec::with_capacity(256);
+    canonical_bytes(v, &mut buf);
+    out.push_str(&String::from_utf8_lossy(&buf));
+}
+
+/// [`canonical`] into bytes, without intermediate strings (verification
+/// runs this for every record).
+fn canonical_bytes(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                canonical(&map[k.as_str()], out);
+                json_str(k, out);
+                out.push(b':');
+                canonical_bytes(v, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                canonical(item, out);
+                canonical_bytes(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => {
+            // Writing a scalar into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
     }
+}
+
+/// `s` as a JSON string, escaped as `serde_json` escapes it.
+fn json_str(s: &str, out: &mut Vec<u8>) {
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// Seal `event` as record `seq` after `prev_hash` (with a MAC when keyed).
