@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::config::{ChannelKind, NotifyConfig};
-use crate::gate::model::Approval;
+use crate::gate::model::{Approval, State};
 use crate::gate::Gate;
 use crate::identity::Directory;
 use crate::store::notify::{Delivery, Finished};
@@ -332,7 +332,25 @@ impl Notifier {
             .map_err(|e| Failure::transient(format!("store: {e}")))?;
         let (text, blocks) = slack::render(a, &p.directory, &p.config.dashboard_url);
         match posted {
-            Some((slack_channel, ts)) => s.update(&slack_channel, &ts, &text, &blocks).await,
+            Some((slack_channel, ts)) => {
+                s.update(&slack_channel, &ts, &text, &blocks).await?;
+                // Nothing changes a finished approval again: forget its message.
+                if matches!(
+                    a.state,
+                    State::Executed
+                        | State::Failed
+                        | State::Rejected
+                        | State::Expired
+                        | State::Cancelled
+                ) {
+                    let store = p.store.clone();
+                    let (id, name) = (a.id.clone(), channel.to_string());
+                    if let Err(e) = blocking(move || store.forget_slack_message(&id, &name)).await {
+                        tracing::warn!(error = %e, "forgetting a finished Slack message failed");
+                    }
+                }
+                Ok(())
+            }
             // Never posted (the post was given up on): nothing to edit.
             None if kind != route::REQUESTED => Ok(()),
             None => {

@@ -369,6 +369,24 @@ async fn slack_posts_edits_in_place_and_decides_under_the_gates_rules() {
         rejected_shown,
         "the Slack message was not edited to show the rejection"
     );
+    // Nothing will edit a finished approval's message again: forgotten.
+    let db = rusqlite::Connection::open(latch.dir.path().join("latch.db")).unwrap();
+    let mut kept = 1;
+    for _ in 0..200 {
+        kept = db
+            .query_row("SELECT COUNT(*) FROM notify_slack", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap();
+        if kept == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        kept, 0,
+        "the finished approval's Slack message is still remembered"
+    );
 
     // A click on a closed approval is told so and changes nothing.
     interact(adm, &click("U0LENA", "latch_approve", &id)).await;
@@ -784,9 +802,15 @@ secret_env = "HOOK_SECRET"
     assert_eq!(dead["attempts"], 2, "{dead}");
     assert_eq!(dead["last_error"], "HTTP 500");
     assert_eq!(dead["payload"]["type"], "approval.decided");
-    assert!(metrics(latch.admin())
-        .await
-        .contains("latch_notify_dead_letters 1"));
+    let mut gauge = String::new();
+    for _ in 0..200 {
+        gauge = metrics(latch.admin()).await;
+        if gauge.contains("latch_notify_dead_letters 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(gauge.contains("latch_notify_dead_letters 1"), "{gauge}");
     let forbidden = admin(latch.admin(), "GET", "/api/v1/notify/dead-letters", "", "").await;
     assert_eq!(forbidden.status, 401);
 

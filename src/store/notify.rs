@@ -114,4 +114,6 @@ pub trait NotifyStore {
         slack_channel: &str,
         ts: &str,
     ) -> anyhow::Result<()>;
+    /// Forget the Slack message of a closed approval (nothing will edit it again).
+    fn forget_slack_message(&self, approval: &str, channel: &str) -> anyhow::Result<()>;
 }

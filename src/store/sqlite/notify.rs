@@ -191,6 +191,15 @@ impl NotifyStore for SqliteStore {
         )?;
         Ok(())
     }
+
+    fn forget_slack_message(&self, approval: &str, channel: &str) -> anyhow::Result<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            "DELETE FROM notify_slack WHERE approval = ?1 AND channel = ?2",
+            params![approval, channel],
+        )?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
