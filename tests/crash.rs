@@ -58,6 +58,20 @@ async fn serve(dir: &Path, proxy: SocketAddr) -> Serve {
     panic!("latch did not start");
 }
 
+/// `text` with the proxy and admin listeners on these addresses.
+fn listening_on(text: String, proxy: SocketAddr, adm: SocketAddr) -> String {
+    text.replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{proxy}\""),
+        1,
+    )
+    .replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{adm}\""),
+        1,
+    )
+}
+
 fn run(dir: &Path, args: &[&str]) -> Output {
     latch_cmd(dir).args(args).output().unwrap()
 }
@@ -69,17 +83,7 @@ async fn pending_approvals_survive_kill_9_and_the_audit_chain_verifies() {
     std::fs::create_dir(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/test.rego"), TEST_POLICY).unwrap();
     let (proxy, adm) = (free_addr(), free_addr());
-    let text = config_text(&up.url(), "")
-        .replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"{proxy}\""),
-            1,
-        )
-        .replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"{adm}\""),
-            1,
-        );
+    let text = listening_on(config_text(&up.url(), ""), proxy, adm);
     std::fs::write(dir.path().join("latch.toml"), text).unwrap();
 
     let mut server = serve(dir.path(), proxy).await;
@@ -246,17 +250,7 @@ async fn a_notification_owed_before_kill_9_is_delivered_after_the_restart() {
         let notify = format!(
             "[notify]\ndefault = [\"hooks\"]\nretry_base_ms = 50\ntimeout_ms = 500\n\n[[notify.channels]]\nname = \"hooks\"\nkind = \"webhook\"\nurl = \"{hook}/events\"\nsecret_env = \"HOOK_SECRET\"\n"
         );
-        config_text(&up.url(), &notify)
-            .replacen(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"{proxy}\""),
-                1,
-            )
-            .replacen(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"{adm}\""),
-                1,
-            )
+        listening_on(config_text(&up.url(), &notify), proxy, adm)
     };
     std::fs::write(
         dir.path().join("latch.toml"),
@@ -305,17 +299,7 @@ async fn retention_keeps_the_chain_verifiable_from_a_signed_checkpoint() {
     let (proxy, adm) = (free_addr(), free_addr());
     let retention =
         "[audit]\nkey_env = \"LATCH_AUDIT_KEY\"\nretain_decisions_days = 2\nretain_days = 30\n";
-    let text = config_text(&up.url(), retention)
-        .replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"{proxy}\""),
-            1,
-        )
-        .replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"{adm}\""),
-            1,
-        );
+    let text = listening_on(config_text(&up.url(), retention), proxy, adm);
     std::fs::write(dir.path().join("latch.toml"), text).unwrap();
     let server = serve(dir.path(), proxy).await;
     for i in 0..5 {
