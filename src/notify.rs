@@ -156,7 +156,10 @@ impl Notifier {
                 continue;
             }
             tokio::select! {
-                _ = changes.recv() => {}
+                _ = changes.recv() => {
+                    // A burst of changes needs one round, not one each.
+                    while changes.try_recv().is_ok() {}
+                }
                 _ = tokio::time::sleep(POLL) => {}
                 _ = stop.changed() => return,
             }
