@@ -34,6 +34,8 @@ use wire::{Client, Failure};
 
 /// How often the worker looks for due work when nothing wakes it.
 const POLL: Duration = Duration::from_millis(500);
+/// How often the outbox is cleared when no channel is configured.
+const IDLE_DRAIN: Duration = Duration::from_secs(5);
 /// Messages delivered at once.
 const BATCH: usize = 16;
 /// The longest wait between two tries of a message.
@@ -155,6 +157,14 @@ impl Notifier {
             if busy {
                 continue;
             }
+            if self.0.channels.is_empty() {
+                // No channel: only the outbox needs clearing, now and then.
+                tokio::select! {
+                    _ = tokio::time::sleep(IDLE_DRAIN) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
             tokio::select! {
                 _ = changes.recv() => {
                     // A burst of changes needs one round, not one each.
@@ -200,6 +210,9 @@ impl Notifier {
         let mut deliveries = Vec::new();
         for r in &records {
             seqs.push(r.seq);
+            if self.0.channels.is_empty() {
+                continue; // nobody to tell: just clear the outbox
+            }
             let Some(a) = self.load(&r.subject).await? else {
                 continue;
             };
