@@ -59,14 +59,7 @@ async fn request(method: Method, path: &str, body: Option<Value>) -> anyhow::Res
         .with_context(|| format!("LATCH_ADMIN_URL `{base}` is not a URL"))?;
     let roots = crate::tls::system_roots();
     let ca = std::env::var_os("LATCH_CA_FILE").map(std::path::PathBuf::from);
-    let tls = crate::tls::client_config(&roots, ca.as_deref())?;
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+    let https = crate::tls::https_connector(&roots, ca.as_deref(), None)?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
     let req = Request::builder()

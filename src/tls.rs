@@ -83,6 +83,27 @@ pub fn client_config(
         .with_no_client_auth())
 }
 
+/// The connector every outgoing HTTP client uses (upstreams, notification
+/// channels, trace export, the CLI): `http://` or `https://` trusting the
+/// system roots plus `extra_ca`, HTTP/1.1, no Nagle delay.
+pub fn https_connector(
+    system_roots: &RootCertStore,
+    extra_ca: Option<&Path>,
+    connect_timeout: Option<std::time::Duration>,
+) -> anyhow::Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>>
+{
+    let tls = client_config(system_roots, extra_ca)?;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(connect_timeout);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
 /// The operating system's trusted roots (empty, with a warning, if none load).
 pub fn system_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();

@@ -201,15 +201,8 @@ async fn export(
     timeout: Duration,
 ) {
     let roots = crate::tls::system_roots();
-    let client = match crate::tls::client_config(&roots, None) {
-        Ok(tls) => {
-            let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-            http.enforce_http(false);
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http);
+    let client = match crate::tls::https_connector(&roots, None, Some(timeout)) {
+        Ok(https) => {
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build::<_, Full<Bytes>>(https)
         }

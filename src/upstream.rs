@@ -49,16 +49,11 @@ impl Route {
         system_roots: &RootCertStore,
         metrics: &Metrics,
     ) -> anyhow::Result<Route> {
-        let tls = crate::tls::client_config(system_roots, config.ca_file.as_deref())?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.timeout.min(Duration::from_secs(10))));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = crate::tls::https_connector(
+            system_roots,
+            config.ca_file.as_deref(),
+            Some(config.timeout.min(Duration::from_secs(10))),
+        )?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)

@@ -88,15 +88,7 @@ impl Client {
         ca_file: Option<&std::path::Path>,
         timeout: Duration,
     ) -> anyhow::Result<Client> {
-        let tls = crate::tls::client_config(roots, ca_file)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = crate::tls::https_connector(roots, ca_file, Some(timeout))?;
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(https);
