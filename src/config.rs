@@ -250,9 +250,9 @@ pub struct PrincipalConfig {
 
 /// A secret read from the environment; never printed.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
+pub struct Secret<T = String>(pub T);
 
-impl fmt::Debug for Secret {
+impl<T> fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(…)")
     }
@@ -352,8 +352,8 @@ pub enum ChannelKind {
     Webhook {
         /// Target.
         url: Uri,
-        /// The decoded `whsec_` key.
-        secret: Secret,
+        /// The signing key (the `whsec_` secret, decoded).
+        key: Secret<Vec<u8>>,
     },
     /// PagerDuty Events v2.
     PagerDuty {

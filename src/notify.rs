@@ -110,8 +110,8 @@ impl Notifier {
                     to_roles,
                     c.timeout,
                 )?),
-                ChannelKind::Webhook { url, secret } => {
-                    Channel::Webhook(webhook::Webhook::new(url, secret, client()?))
+                ChannelKind::Webhook { url, key } => {
+                    Channel::Webhook(webhook::Webhook::new(url, key.0.clone(), client()?))
                 }
                 ChannelKind::PagerDuty {
                     routing_key,

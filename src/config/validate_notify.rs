@@ -224,7 +224,7 @@ impl Validator<'_> {
                     .0
                     .strip_prefix("whsec_")
                     .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
-                if decoded.is_none_or(|k| k.len() < 24) {
+                let Some(decoded) = decoded.filter(|k| k.len() >= 24) else {
                     let var = c.secret_env.as_ref();
                     let name = var.map(|s| s.get_ref().as_str()).unwrap_or("");
                     let msg = format!(
@@ -232,8 +232,11 @@ impl Validator<'_> {
                     );
                     self.error(var.map(|v| v.span()), &format!("{key}.secret_env"), msg);
                     return None;
+                };
+                ChannelKind::Webhook {
+                    url: url?,
+                    key: Secret(decoded),
                 }
-                ChannelKind::Webhook { url: url?, secret }
             }
             _ => {
                 let key_of = self.secret(&c.routing_key_env, key, "routing_key_env", &span, env);
