@@ -208,17 +208,24 @@ impl Notifier {
         }
         let mut seqs = Vec::new();
         let mut deliveries = Vec::new();
+        // A verdict and its execution usually arrive together: load each
+        // approval once per batch.
+        let mut approvals: HashMap<String, Option<Approval>> = HashMap::new();
         for r in &records {
             seqs.push(r.seq);
             if self.0.channels.is_empty() {
                 continue; // nobody to tell: just clear the outbox
             }
-            let Some(a) = self.load(&r.subject).await? else {
+            if !approvals.contains_key(&r.subject) {
+                let a = self.load(&r.subject).await?;
+                approvals.insert(r.subject.clone(), a);
+            }
+            let Some(Some(a)) = approvals.get(&r.subject) else {
                 continue;
             };
             let kind_of = |name: &str| self.0.channels.get(name).map(|(k, _)| *k);
             let c = &self.parts().config;
-            let (out, unknown) = route::fan_out(&c.default, &kind_of, &c.dashboard_url, r, &a);
+            let (out, unknown) = route::fan_out(&c.default, &kind_of, &c.dashboard_url, r, a);
             for u in unknown {
                 tracing::warn!(channel = %u, approval = %a.id, "the policy names a notification channel that is not configured");
             }
@@ -247,11 +254,6 @@ impl Notifier {
             ))),
             Some((_, channel)) => self.deliver(channel, &d).await,
         };
-        let outcome = match &result {
-            Ok(()) => "sent",
-            Err(f) if f.permanent || d.attempts + 1 >= p.config.max_attempts => "dead",
-            Err(_) => "retry",
-        };
         let how = match result {
             Ok(()) => {
                 let waited = (wall_ms() - m.created_at).max(0) as f64 / 1000.0;
@@ -261,7 +263,7 @@ impl Notifier {
                     .observe(waited);
                 Finished::Sent
             }
-            Err(f) if outcome == "dead" => {
+            Err(f) if f.permanent || d.attempts + 1 >= p.config.max_attempts => {
                 tracing::warn!(channel = %m.channel, approval = %m.approval, kind = %m.kind,
                                attempts = d.attempts + 1, error = %f.error, "notification given up: dead letter");
                 Finished::Dead { error: f.error }
@@ -277,6 +279,11 @@ impl Notifier {
                     error: f.error,
                 }
             }
+        };
+        let outcome = match how {
+            Finished::Sent => "sent",
+            Finished::Retry { .. } => "retry",
+            Finished::Dead { .. } => "dead",
         };
         p.metrics
             .sent
