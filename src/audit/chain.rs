@@ -401,7 +401,21 @@ pub fn seal(
     prev_hash: String,
     key: Option<&AuditKey>,
 ) -> Record {
-    let digest = details_digest(&event.details);
+    seal_with_text(seq, ts, event, prev_hash, key).0
+}
+
+/// [`seal`], also returning the canonical JSON of the details that the
+/// digest covers — the text to store, so it is not serialised twice.
+pub fn seal_with_text(
+    seq: i64,
+    ts: String,
+    event: Event,
+    prev_hash: String,
+    key: Option<&AuditKey>,
+) -> (Record, String) {
+    let mut text = Vec::with_capacity(256);
+    canonical_bytes(&event.details, &mut text);
+    let digest = crate::digest::hex(&Sha256::digest(&text));
     let hash = header_hash(
         seq,
         &ts,
@@ -411,7 +425,7 @@ pub fn seal(
         &digest,
         &prev_hash,
     );
-    Record {
+    let record = Record {
         mac: key.map(|k| k.record_mac(&hash)),
         seq,
         ts,
@@ -422,7 +436,9 @@ pub fn seal(
         details_sha256: Some(digest),
         prev_hash,
         hash,
-    }
+    };
+    // Canonical JSON is UTF-8: it was written from strings and numbers.
+    (record, String::from_utf8(text).unwrap_or_default())
 }
 
 /// The first problem found when verifying a chain.

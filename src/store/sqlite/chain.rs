@@ -35,14 +35,14 @@ pub(super) fn append(
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         seq += 1;
-        let r = audit::seal(seq, now_rfc3339(), e.clone(), prev, key);
+        let (r, details) = audit::seal_with_text(seq, now_rfc3339(), e.clone(), prev, key);
         stmt.execute(params![
             r.seq,
             r.ts,
             r.actor,
             r.event,
             r.subject,
-            r.details.to_string(),
+            details,
             r.prev_hash,
             r.hash,
             r.mac,
