@@ -169,6 +169,13 @@ async fn gated(proxy: SocketAddr, token: &str, approval: &str) -> String {
     a.json()["approval_id"].as_str().unwrap().to_string()
 }
 
+async fn dead_letters(admin_addr: SocketAddr) -> Value {
+    let path = "/api/v1/notify/dead-letters";
+    admin(admin_addr, "GET", path, "alice-token", "")
+        .await
+        .json()
+}
+
 async fn approval(admin_addr: SocketAddr, id: &str) -> Value {
     admin(
         admin_addr,
@@ -784,15 +791,7 @@ secret_env = "HOOK_SECRET"
     );
     let mut dead = Value::Null;
     for _ in 0..400 {
-        let d = admin(
-            latch.admin(),
-            "GET",
-            "/api/v1/notify/dead-letters",
-            "alice-token",
-            "",
-        )
-        .await
-        .json();
+        let d = dead_letters(latch.admin()).await;
         if d["dead_letters"].as_array().is_some_and(|l| !l.is_empty()) {
             dead = d["dead_letters"][0].clone();
             break;
@@ -816,23 +815,10 @@ secret_env = "HOOK_SECRET"
 
     // Retried by hand: delivered this time; the list empties.
     let dead_id = dead["id"].as_i64().unwrap();
-    let retry = admin(
-        latch.admin(),
-        "POST",
-        &format!("/api/v1/notify/dead-letters/{dead_id}/retry"),
-        "alice-token",
-        "",
-    )
-    .await;
+    let retry_path = format!("/api/v1/notify/dead-letters/{dead_id}/retry");
+    let retry = admin(latch.admin(), "POST", &retry_path, "alice-token", "").await;
     assert_eq!(retry.status, 200);
-    let again = admin(
-        latch.admin(),
-        "POST",
-        &format!("/api/v1/notify/dead-letters/{dead_id}/retry"),
-        "alice-token",
-        "",
-    )
-    .await;
+    let again = admin(latch.admin(), "POST", &retry_path, "alice-token", "").await;
     assert_eq!(again.status, 404);
     // The retried message keeps its webhook-id, so receivers can drop
     // duplicates; the executed event follows it.
@@ -856,15 +842,7 @@ secret_env = "HOOK_SECRET"
         "{later:?}"
     );
     for _ in 0..200 {
-        let d = admin(
-            latch.admin(),
-            "GET",
-            "/api/v1/notify/dead-letters",
-            "alice-token",
-            "",
-        )
-        .await
-        .json();
+        let d = dead_letters(latch.admin()).await;
         if d["dead_letters"] == json!([]) {
             return;
         }
