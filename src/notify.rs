@@ -43,7 +43,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// One configured channel, ready to send.
 enum Channel {
-    Slack(slack::Slack),
+    Slack(Arc<slack::Slack>),
     Email(email::Mailer),
     Webhook(webhook::Webhook),
     PagerDuty(webhook::PagerDuty),
@@ -90,13 +90,13 @@ impl Notifier {
                     bot_token,
                     signing_secret,
                     api_url,
-                } => Channel::Slack(slack::Slack::new(
+                } => Channel::Slack(Arc::new(slack::Slack::new(
                     channel.clone(),
                     bot_token.clone(),
                     signing_secret.clone(),
                     api_url,
                     client()?,
-                )),
+                ))),
                 ChannelKind::Email {
                     smtp,
                     from,
@@ -132,9 +132,9 @@ impl Notifier {
     }
 
     /// The Slack apps, by channel name (for interactivity).
-    fn slack_apps(&self) -> impl Iterator<Item = (&str, &slack::Slack)> {
-        self.0.channels.iter().filter_map(|(name, (_, c))| match c {
-            Channel::Slack(s) => Some((name.as_str(), s)),
+    fn slack_apps(&self) -> impl Iterator<Item = &Arc<slack::Slack>> {
+        self.0.channels.values().filter_map(|(_, c)| match c {
+            Channel::Slack(s) => Some(s),
             _ => None,
         })
     }

@@ -5,6 +5,8 @@
 //! the dashboard. Whatever goes wrong is told to that user alone
 //! (an ephemeral message, or an error in the dialog) and changes nothing.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
 use super::slack::{self, Slack};
@@ -29,9 +31,8 @@ pub enum Reply {
 }
 
 /// Where to tell the clicking user something.
-struct Who<'a> {
-    app: &'a Slack,
-    app_name: String,
+struct Who {
+    app: Arc<Slack>,
     user: String,
     channel: Option<String>,
 }
@@ -58,7 +59,7 @@ impl Notifier {
         }
         // Slack signs with its wall clock, whatever clock the gate runs on.
         let now = chrono::Utc::now().timestamp();
-        let Some((app_name, app)) = apps.find(|(_, a)| a.verify(ts, sig, body, now)) else {
+        let Some(app) = apps.find(|a| a.verify(ts, sig, body, now)).cloned() else {
             return Reply::Unauthorized("bad or stale Slack signature");
         };
         let form = parse_query(std::str::from_utf8(body).ok());
@@ -75,12 +76,7 @@ impl Notifier {
         };
         let channel =
             s(&payload["channel"]["id"]).or_else(|| s(&payload["container"]["channel_id"]));
-        let who = Who {
-            app,
-            app_name: app_name.to_string(),
-            user,
-            channel,
-        };
+        let who = Who { app, user, channel };
         match payload["type"].as_str() {
             Some("block_actions") => self.clicked(&who, &payload).await,
             Some("view_submission") => self.submitted(&who, &payload).await,
@@ -89,7 +85,7 @@ impl Notifier {
     }
 
     /// A button: Approve decides now; Reject opens the reason dialog.
-    async fn clicked(&self, who: &Who<'_>, payload: &Value) -> Reply {
+    async fn clicked(&self, who: &Who, payload: &Value) -> Reply {
         let action = &payload["actions"][0];
         let id = action["value"].as_str().unwrap_or("").to_string();
         let action_id = action["action_id"].as_str().unwrap_or("");
@@ -162,7 +158,7 @@ impl Notifier {
     }
 
     /// The reason dialog was submitted: reject with that reason.
-    async fn submitted(&self, who: &Who<'_>, payload: &Value) -> Reply {
+    async fn submitted(&self, who: &Who, payload: &Value) -> Reply {
         let view = &payload["view"];
         if view["callback_id"].as_str() != Some(slack::REJECT) {
             return Reply::Ok;
@@ -172,8 +168,7 @@ impl Notifier {
             .and_then(|m| serde_json::from_str(m).ok())
             .unwrap_or(Value::Null);
         let who = Who {
-            app: who.app,
-            app_name: who.app_name.clone(),
+            app: who.app.clone(),
             user: who.user.clone(),
             channel: meta["channel"]
                 .as_str()
@@ -217,17 +212,13 @@ impl Notifier {
 
     /// Send `text` to the clicking user only (in the background: Slack
     /// wants its answer within three seconds).
-    fn tell(&self, who: &Who<'_>, text: String) {
+    fn tell(&self, who: &Who, text: String) {
         let Some(channel) = who.channel.clone() else {
             tracing::info!(user = %who.user, %text, "no channel to answer a Slack user in");
             return;
         };
-        let me = self.clone();
-        let (user, name) = (who.user.clone(), who.app_name.clone());
+        let (app, user) = (who.app.clone(), who.user.clone());
         tokio::spawn(async move {
-            let Some((_, app)) = me.slack_apps().find(|(n, _)| *n == name) else {
-                return;
-            };
             if let Err(f) = app.ephemeral(&channel, &user, &text).await {
                 tracing::warn!(error = %f.error, "telling a Slack user failed");
             }
