@@ -315,6 +315,17 @@ mod tests {
     }
 
     #[test]
+    fn every_event_the_store_puts_in_the_outbox_means_something_here() {
+        for e in crate::store::notify::OUTBOX_EVENTS {
+            assert!(
+                meaning(e, &json!({})).is_some(),
+                "{e} reaches the outbox but is never sent"
+            );
+        }
+        assert!(meaning("decision", &json!({})).is_none());
+    }
+
+    #[test]
     fn unknown_channels_are_reported_not_sent() {
         let a = approval(&["nope"], &[]);
         let (out, unknown) = fan_out(&[], &kinds, "https://latch", &record("gate", json!({})), &a);
