@@ -169,6 +169,8 @@ pub struct Running {
     pub demo_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Stdio MCP servers' bridges (stopped when dropped).
+    _bridges: Vec<crate::mcp::stdio::Bridge>,
 }
 
 impl Running {
@@ -190,7 +192,16 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Bind every listener and start serving.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+pub async fn start(mut config: Config) -> anyhow::Result<Running> {
+    // Stdio MCP servers get their bridges first: the routes point at them.
+    let dir = config
+        .path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let bridges = crate::mcp::stdio::start_all(&mut config.routes, &dir)
+        .await
+        .context("starting stdio MCP servers")?;
     let proxy_tls = config
         .proxy
         .tls
@@ -292,5 +303,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         demo_addr,
         stop,
         tasks,
+        _bridges: bridges,
     })
 }

@@ -427,6 +427,20 @@ pub struct RouteConfig {
     pub mode: Mode,
     /// Arguments whose values are part of the action class.
     pub class_args: Vec<String>,
+    /// Plain HTTP, or MCP (each JSON-RPC tool call judged).
+    pub protocol: Protocol,
+    /// A stdio MCP server Latch starts (`upstream` then points at Latch's
+    /// bridge to it).
+    pub command: Option<Vec<String>>,
+}
+
+/// What a route speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Any HTTP call; the route's `tool` is the tool.
+    Http,
+    /// MCP Streamable HTTP; each `tools/call` is judged by name and arguments.
+    Mcp,
 }
 
 /// Headers the policy sees unless `[policy] input_headers` says otherwise.

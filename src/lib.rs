@@ -80,6 +80,7 @@ pub mod history;
 pub mod http_util;
 pub mod identity;
 pub mod insights;
+pub mod mcp;
 pub mod notify;
 pub mod policy;
 pub mod prompts;

@@ -192,7 +192,12 @@ pub struct PolicySet {
     engine: regorus::Engine,
     vm: Option<(Arc<Program>, CompiledPolicy, Value)>,
     sources: Sources,
+    /// The policy defines `data.latch.tool_visible`.
+    has_visibility: bool,
 }
+
+/// The rule that hides MCP tools from an agent's `tools/list`.
+pub const TOOL_VISIBLE: &str = "data.latch.tool_visible";
 
 impl std::fmt::Debug for PolicySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -255,7 +260,12 @@ impl PolicySet {
                 None
             }
         };
+        let has_visibility = !matches!(
+            engine.clone().eval_rule(TOOL_VISIBLE.into()),
+            Err(e) if e.to_string().contains("not a valid rule path")
+        );
         Ok(PolicySet {
+            has_visibility,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             hash: sources.hash(),
             entrypoint: entrypoint.to_string(),
@@ -317,6 +327,29 @@ impl PolicySet {
             None => self.run_interpreter(input),
         };
         finish(raw, start, self.timer.limit)
+    }
+
+    /// Whether the tool `input` describes may be offered to the agent
+    /// (`data.latch.tool_visible`; visible when the policy does not define
+    /// it or it is undefined for this input; hidden when it fails).
+    pub fn tool_visible(&self, input: Value) -> bool {
+        if !self.has_visibility {
+            return true;
+        }
+        let mut engine = self.engine.clone();
+        engine.set_input(input);
+        match engine.eval_rule(TOOL_VISIBLE.into()) {
+            Ok(Value::Bool(b)) => b,
+            Ok(Value::Undefined) => true,
+            Ok(other) => {
+                tracing::warn!(value = %other, "{TOOL_VISIBLE} is not a boolean; hiding the tool");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{TOOL_VISIBLE} failed; hiding the tool");
+                false
+            }
+        }
     }
 
     /// Evaluate with the interpreter (reference semantics; used by tests and `policy eval`).

@@ -18,6 +18,7 @@ pub mod error;
 mod evaluate;
 mod forward;
 mod held;
+mod mcp;
 mod prompts;
 mod read;
 mod record;
@@ -109,6 +110,8 @@ enum Step {
     Answer(Response<Body>),
     /// Hold the caller until a verdict or `hold` passes.
     Hold(Held),
+    /// Hold an MCP client until the verdict, with progress or not.
+    McpHold(Box<mcp::Waiting>),
 }
 
 /// Decrements the in-flight gauge however the request ends (hyper drops the
@@ -162,6 +165,10 @@ pub async fn handle(proxy: Proxy, mut req: Request<Body>, conn: Arc<ConnInfo>) -
         Ok(Step::Hold(held)) => {
             let _wait = proxy.tracer.child("latch.wait", &ctx.span);
             held::wait(&proxy, held).await
+        }
+        Ok(Step::McpHold(w)) => {
+            let _wait = proxy.tracer.child("latch.wait", &ctx.span);
+            mcp::wait(&proxy, *w).await
         }
         Err(e) => {
             ctx.outcome = e.status_and_code().1;
@@ -237,10 +244,13 @@ async fn pipeline(
     }
     let route = upstream::find(&p.routes, &decoded_path).ok_or(ProxyError::NoRoute)?;
     ctx.route = Some(route.config.name.clone());
+    if route.config.protocol == crate::config::Protocol::Mcp {
+        return mcp::serve(p, route, req, &agent, decoded_path, conn, ctx).await;
+    }
 
     let (mut parts, body) = req.into_parts();
     let body = read::read(p, route, &mut parts, body).await?;
-    let mut call = call::build(p, route, &agent, &parts, decoded_path, &body)?;
+    let mut call = call::build(p, route, &agent, &parts, decoded_path, &body, None)?;
     ctx.span.set("latch.tool", route.config.tool.as_str());
     let policy_span = p.tracer.child("latch.policy", &ctx.span);
     let verdict = evaluate::evaluate(p, &mut call, body.judged.is_some(), ctx).await;

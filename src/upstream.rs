@@ -40,6 +40,13 @@ pub struct Route {
     pub input: regorus::Value,
     /// Time to the upstream's response head, for this route.
     latency: prometheus::Histogram,
+    /// MCP routes: each tool's `annotations` from the server's latest
+    /// `tools/list` (untrusted hints for the policy, `input.mcp`).
+    pub tool_hints: dashmap::DashMap<String, regorus::Value>,
+    /// MCP routes: when Latch last asked the server for its tools (Unix ms).
+    pub hints_fetched_ms: std::sync::atomic::AtomicI64,
+    /// MCP routes: sessions whose client declared the tasks extension.
+    pub task_sessions: dashmap::DashSet<String>,
 }
 
 impl Route {
@@ -73,6 +80,9 @@ impl Route {
             upstream_text,
             base_path,
             client,
+            tool_hints: dashmap::DashMap::new(),
+            hints_fetched_ms: std::sync::atomic::AtomicI64::new(0),
+            task_sessions: dashmap::DashSet::new(),
         })
     }
 

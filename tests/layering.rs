@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("proxy", 70),
     ("admin", 70),
     ("demo", 70),
+    ("mcp::stdio", 66),
     ("server", 65),
     ("prompts", 62),
     ("notify", 62),
@@ -41,6 +42,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("history::stats", 10),
     ("digest", 10),
     ("http_util", 10),
+    ("mcp", 15),
     ("throttle", 10),
     ("ticker", 10),
 ];

@@ -302,8 +302,13 @@ pub struct RawRoute {
     pub name: String,
     /// Path prefix on the proxy listener, matched at segment boundaries.
     pub prefix: Spanned<String>,
-    /// Base URL of the tool (`http://` or `https://`).
-    pub upstream: Spanned<String>,
+    /// Base URL of the tool (`http://` or `https://`); absent when
+    /// `command` starts a stdio MCP server.
+    pub upstream: Option<Spanned<String>>,
+    /// `"http"` (default) or `"mcp"`: JSON-RPC tool calls judged one by one.
+    pub protocol: Option<Spanned<String>>,
+    /// An MCP server spoken to over stdio: the program and its arguments.
+    pub command: Option<Spanned<Vec<String>>>,
     /// Tool name given to the policy.
     pub tool: Option<String>,
     /// Headers Latch adds upstream; `"env:NAME"` reads the environment.

@@ -166,26 +166,59 @@ impl Validator<'_> {
                     format!("`{}` is used by another route", r.prefix.get_ref()),
                 );
             }
-            let upstream = match r.upstream.get_ref().parse::<Uri>() {
-                Ok(u)
-                    if matches!(u.scheme_str(), Some("http") | Some("https"))
-                        && u.authority().is_some()
-                        && u.query().is_none() =>
-                {
-                    u
-                }
-                _ => {
+            let protocol = match r.protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+                None | Some(("http", _)) => Protocol::Http,
+                Some(("mcp", _)) => Protocol::Mcp,
+                Some((other, span)) => {
                     self.error(
-                        Some(r.upstream.span()),
+                        Some(span),
+                        &format!("{key}.protocol"),
+                        format!("`{other}` must be \"http\" or \"mcp\""),
+                    );
+                    Protocol::Http
+                }
+            };
+            let command = self.command(&r, &key, protocol);
+            let upstream = match (&r.upstream, &command) {
+                // The bridge's address is known once it listens.
+                (None, Some(_)) => Uri::from_static("http://127.0.0.1:1/mcp"),
+                (None, None) => {
+                    self.error(
+                        Some(span.clone()),
                         &format!("{key}.upstream"),
-                        format!(
-                            "`{}` must be an http:// or https:// base URL without a query",
-                            r.upstream.get_ref()
-                        ),
+                        "a route needs `upstream` (or, for an MCP route, `command`)".into(),
                     );
                     Uri::from_static("http://127.0.0.1:1")
                 }
+                (Some(u), _) => match u.get_ref().parse::<Uri>() {
+                    Ok(uri)
+                        if matches!(uri.scheme_str(), Some("http") | Some("https"))
+                            && uri.authority().is_some()
+                            && uri.query().is_none() =>
+                    {
+                        uri
+                    }
+                    _ => {
+                        self.error(
+                            Some(u.span()),
+                            &format!("{key}.upstream"),
+                            format!(
+                                "`{}` must be an http:// or https:// base URL without a query",
+                                u.get_ref()
+                            ),
+                        );
+                        Uri::from_static("http://127.0.0.1:1")
+                    }
+                },
             };
+            if protocol == Protocol::Mcp && (r.stream_body || r.body.is_some()) {
+                self.error(
+                    Some(span.clone()),
+                    &key,
+                    "an MCP route judges every message: `stream_body` and `body` do not apply"
+                        .into(),
+                );
+            }
             let mut inject_headers = Vec::new();
             for (name, value) in &r.inject_headers {
                 let hkey = format!("{key}.inject_headers.{name}");
@@ -248,7 +281,7 @@ impl Validator<'_> {
                 }
             };
             out.push(RouteConfig {
-                opaque_body,
+                opaque_body: opaque_body && protocol == Protocol::Http,
                 mode,
                 class_args: r.class_args,
                 tool: r.tool.unwrap_or_else(|| r.name.clone()),
@@ -263,8 +296,37 @@ impl Validator<'_> {
                 max_body_bytes: r.max_body_bytes.unwrap_or(proxy.max_body_bytes),
                 stream_body: r.stream_body,
                 ca_file,
+                protocol,
+                command,
             });
         }
         out
+    }
+
+    /// `routes[i].command`: only on MCP routes, instead of `upstream`, a
+    /// program name first.
+    fn command(
+        &mut self,
+        r: &raw::RawRoute,
+        key: &str,
+        protocol: Protocol,
+    ) -> Option<Vec<String>> {
+        let c = r.command.as_ref()?;
+        let problem = if protocol != Protocol::Mcp {
+            Some("`command` starts a stdio MCP server: it needs `protocol = \"mcp\"`")
+        } else if r.upstream.is_some() {
+            Some("give `upstream` or `command`, not both")
+        } else if c.get_ref().first().is_none_or(|p| p.is_empty()) {
+            Some("`command` needs at least the program to run")
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => {
+                self.error(Some(c.span()), &format!("{key}.command"), p.into());
+                None
+            }
+            None => Some(c.get_ref().clone()),
+        }
     }
 }

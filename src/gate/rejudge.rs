@@ -64,7 +64,25 @@ impl Gate {
             route.config.opaque_body,
         )
         .map_err(invalid)?;
+        let mcp = route.config.protocol == crate::config::Protocol::Mcp;
         let bytes = match current.format {
+            // An MCP call: the reviewer edits the tool's arguments; the
+            // message around them (method, tool, id) stays as it was.
+            Format::Json if mcp => {
+                if !new.is_object() {
+                    return Err(GateError::Invalid(
+                        "an MCP tool call is modified by its arguments: the new body must be a JSON object".into(),
+                    ));
+                }
+                let mut msg: Json = serde_json::from_slice(&current.bytes)
+                    .map_err(|e| GateError::Invalid(e.to_string()))?;
+                let params = msg
+                    .get_mut("params")
+                    .and_then(Json::as_object_mut)
+                    .ok_or_else(|| GateError::Invalid("the stored MCP call has no params".into()))?;
+                params.insert("arguments".into(), new.clone());
+                serde_json::to_vec(&msg).map_err(|e| GateError::Invalid(e.to_string()))?
+            }
             Format::Json => {
                 let was: Json = serde_json::from_slice(&current.bytes).unwrap_or(Json::Null);
                 if kind(&was) != kind(new) {
@@ -94,8 +112,12 @@ impl Gate {
             None => (a.path.as_str(), None),
         };
         let query = parse_query(query);
-        body::check_overlap(&judged.value, &query).map_err(invalid)?;
-        let args = input::args(&judged.value, &query);
+        let args = if mcp {
+            regorus::Value::from(new.clone())
+        } else {
+            body::check_overlap(&judged.value, &query).map_err(invalid)?;
+            input::args(&judged.value, &query)
+        };
         let class = ActionClass::with_values(
             &a.agent,
             &a.tool,
@@ -115,7 +137,7 @@ impl Gate {
             body_sha256: Some(&sha256),
             size: Some(judged.bytes.len() as u64),
         };
-        let doc = input::build(
+        let mut doc = input::build(
             &facts,
             &route.input,
             &agent.input,
@@ -123,6 +145,15 @@ impl Gate {
             &parts.history.get(&class),
             chrono::Utc::now(),
         );
+        if mcp {
+            let hints = route
+                .tool_hints
+                .get(&a.tool)
+                .map(|h| h.clone())
+                .unwrap_or(regorus::Value::Null);
+            let facts = input::mcp_facts("tools/call", &route.config.name, hints);
+            input::set(&mut doc, "mcp", facts);
+        }
         let (_, eval) = parts.policy.evaluate(doc).await;
         let verdict = eval.decision;
         let decision = match verdict.action {

@@ -285,3 +285,13 @@ mod tests {
         );
     }
 }
+
+/// `input.mcp` for a message of `method` to MCP server (route) `server`;
+/// `annotations` are the tool's hints from the server's `tools/list`.
+pub fn mcp_facts(method: &str, server: &str, annotations: Value) -> Value {
+    object([
+        ("method", Value::from(method)),
+        ("server", Value::from(server)),
+        ("annotations", annotations),
+    ])
+}

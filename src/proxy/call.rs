@@ -19,6 +19,8 @@ use crate::upstream::Route;
 pub(super) struct Call<'r> {
     /// The route.
     pub route: &'r Route,
+    /// The tool: the route's, or an MCP call's `params.name`.
+    pub tool: std::borrow::Cow<'r, str>,
     /// The method.
     pub method: http::Method,
     /// The decoded path.
@@ -35,7 +37,18 @@ pub(super) struct Call<'r> {
     pub grants: Vec<Arc<LiveGrant>>,
 }
 
-/// Build the call from the request head and the read body.
+/// An MCP `tools/call` as the policy sees it.
+pub(super) struct McpAction {
+    /// `params.name`.
+    pub tool: String,
+    /// `params.arguments` (`{}` when absent).
+    pub args: regorus::Value,
+    /// `input.mcp`.
+    pub mcp: regorus::Value,
+}
+
+/// Build the call from the request head and the read body; `mcp` names
+/// the tool and arguments of an MCP call instead of the route's.
 pub(super) fn build<'r>(
     p: &Proxy,
     route: &'r Route,
@@ -43,6 +56,7 @@ pub(super) fn build<'r>(
     parts: &http::request::Parts,
     path: String,
     read: &Read,
+    mcp: Option<McpAction>,
 ) -> Result<Call<'r>, ProxyError> {
     let null = regorus::Value::Null;
     let (value, format) = match &read.judged {
@@ -54,12 +68,17 @@ pub(super) fn build<'r>(
         .as_ref()
         .map(|j| crate::digest::body_sha256(&j.bytes));
     let query = parse_query(parts.uri.query());
-    body::check_overlap(value, &query)?;
-    let tool = route.config.tool.as_str();
-    let args = input::args(value, &query);
+    let (tool, args, mcp) = match mcp {
+        Some(m) => (m.tool.into(), m.args, Some(m.mcp)),
+        None => {
+            body::check_overlap(value, &query)?;
+            let tool: std::borrow::Cow<'r, str> = route.config.tool.as_str().into();
+            (tool, input::args(value, &query), None)
+        }
+    };
     let class = ActionClass::with_values(
         &agent.id,
-        tool,
+        &tool,
         parts.method.as_str(),
         &args,
         &route.config.class_args,
@@ -89,7 +108,7 @@ pub(super) fn build<'r>(
         &facts,
         &route.input,
         &agent.input,
-        (tool, args, &fingerprint),
+        (&tool, args, &fingerprint),
         &stats,
         now,
     );
@@ -98,8 +117,12 @@ pub(super) fn build<'r>(
         "grants",
         grants.iter().map(|g| g.input()).collect::<Vec<_>>().into(),
     );
+    if let Some(m) = mcp {
+        input::set(&mut input, "mcp", m);
+    }
     Ok(Call {
         route,
+        tool,
         method: parts.method.clone(),
         path,
         body_sha256,

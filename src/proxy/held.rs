@@ -26,6 +26,31 @@ pub(super) async fn hold(
     decision: Decision,
     conn: &ConnInfo,
 ) -> Result<Step, ProxyError> {
+    let prefer_async = parts
+        .headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case("respond-async"));
+    let mut held = propose(r, parts, read, decision, conn, !prefer_async).await?;
+    if prefer_async {
+        held.disarm();
+        return Ok(Step::Answer(accepted(&held.id)));
+    }
+    Ok(Step::Hold(held))
+}
+
+/// Store the gated call as a pending approval; `waits`: the caller holds on
+/// for the verdict (so its going away cancels the approval).
+pub(super) async fn propose(
+    r: &Recorded<'_>,
+    parts: &http::request::Parts,
+    read: Read,
+    decision: Decision,
+    conn: &ConnInfo,
+    waits: bool,
+) -> Result<Held, ProxyError> {
     let headers = &parts.headers;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
@@ -37,12 +62,6 @@ pub(super) async fn hold(
             Some(key.to_string())
         }
     };
-    let prefer_async = headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|v| v.trim().eq_ignore_ascii_case("respond-async"));
     // The evaluate stage turns a gate on a streamed body into a deny.
     let body: Bytes = read.judged.map(|j| j.bytes).ok_or(ProxyError::Internal)?;
     let route = &r.call.route.config;
@@ -55,7 +74,7 @@ pub(super) async fn hold(
         id: r.request_id,
         agent: r.agent,
         route: &route.name,
-        tool: &route.tool,
+        tool: &r.call.tool,
         method: &parts.method,
         headers,
         path: &r.call.path,
@@ -68,18 +87,14 @@ pub(super) async fn hold(
         peer: conn.peer,
         tls: conn.tls,
         idempotency_key,
-        waits: !prefer_async,
+        waits,
         excluded: Vec::new(),
     };
     // The approval and its audit record commit together.
     let span = r.proxy.tracer.child("latch.audit", r.span);
-    let mut held = r.proxy.gate.propose(proposal).await?;
+    let held = r.proxy.gate.propose(proposal).await?;
     drop(span);
-    if prefer_async {
-        held.disarm();
-        return Ok(Step::Answer(accepted(&held.id)));
-    }
-    Ok(Step::Hold(held))
+    Ok(held)
 }
 
 /// Hold until the approval is final or `hold` passes. If the caller goes

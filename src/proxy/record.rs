@@ -39,7 +39,7 @@ impl Recorded<'_> {
         let c = self.call;
         let mut details = json!({
             "action": d.action, "code": d.code, "risk": d.risk, "reasons": d.reasons,
-            "route": c.route.config.name, "tool": c.route.config.tool, "method": c.method.as_str(),
+            "route": c.route.config.name, "tool": c.tool, "method": c.method.as_str(),
             "path": c.path, "body_sha256": c.body_sha256, "policy": self.policy, "shadow": shadow,
         });
         if let Some(g) = grant {
@@ -54,4 +54,29 @@ impl Recorded<'_> {
             ProxyError::AuditUnavailable
         })
     }
+}
+
+/// Record an MCP message Latch passes on without a policy decision (any
+/// method but `tools/call`): who sent which methods, with the bytes' digest.
+pub(super) async fn passthrough(
+    p: &Proxy,
+    (request_id, span): (&str, &crate::trace::Span),
+    agent: &Principal,
+    route: &crate::upstream::Route,
+    (method, path): (&str, &str),
+    mcp_methods: &[&str],
+    body_sha256: Option<&str>,
+) -> Result<(), ProxyError> {
+    let details = json!({
+        "action": "allow", "code": "mcp_passthrough", "risk": "low", "reasons": [],
+        "route": route.config.name, "tool": mcp_methods.join(","), "method": method,
+        "path": path, "body_sha256": body_sha256, "policy": p.policy.current().hash(),
+        "shadow": false, "mcp_methods": mcp_methods,
+    });
+    let event = Event::new(&agent.id, "decision", request_id, details);
+    let span = p.tracer.child("latch.audit", span);
+    p.audit.record(event).await.map_err(|_| {
+        span.fail("audit log unavailable");
+        ProxyError::AuditUnavailable
+    })
 }

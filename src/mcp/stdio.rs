@@ -1,0 +1,453 @@
+//! Stdio MCP servers behind Streamable HTTP. A route with `command = [...]`
+//! gets a bridge: a loopback listener that speaks Streamable HTTP and runs
+//! one child process per MCP session, newline-delimited JSON-RPC on its
+//! stdin and stdout. The route's upstream is the bridge, so allowed calls
+//! and approved executions leave through the same [`crate::upstream`] path
+//! as for any other server; only Latch knows the bridge's token.
+//!
+//! A child that dies is started again on the session's next message (after
+//! a back-off that doubles up to 30 s), and Latch replays the session's
+//! `initialize` to it; calls in flight when it died get an error. Its
+//! stderr goes to Latch's log. Server-to-client messages reach a client
+//! that holds the session's `GET` stream.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{broadcast, oneshot, watch, Mutex};
+
+use crate::http_util::{full, Body, ChannelBody};
+use crate::mcp::{self as wire, Message};
+use crate::server::{ConnInfo, ListenerOptions};
+
+/// The header carrying the bridge's token (injected by the route).
+pub const TOKEN_HEADER: &str = "x-latch-bridge-token";
+/// Most sessions (child processes) one bridge runs at once.
+const MAX_SESSIONS: usize = 64;
+/// Time a child has to answer `initialize`.
+const INIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest a request waits for the child's answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest back-off between restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Largest message accepted from a client.
+const MAX_BODY: usize = 16 << 20;
+
+/// A running bridge for one route.
+pub struct Bridge {
+    /// Where it listens (loopback).
+    pub addr: SocketAddr,
+    /// The token the route must send.
+    pub token: String,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Bridge {
+    /// Listen on loopback and serve `command` (run in `dir`) for `route`.
+    pub async fn start(route: &str, command: Vec<String>, dir: &Path) -> anyhow::Result<Bridge> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let (stop, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            route: route.to_string(),
+            command,
+            dir: dir.to_path_buf(),
+            token: token.clone(),
+            sessions: DashMap::new(),
+            stop: stop_rx.clone(),
+        });
+        let opts = ListenerOptions {
+            tls: None,
+            directory: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        };
+        tokio::spawn(crate::server::serve(listener, opts, stop_rx, move |req, conn| {
+            handle(shared.clone(), req, conn)
+        }));
+        tracing::info!(route, %addr, "stdio MCP bridge listening");
+        Ok(Bridge { addr, token, stop })
+    }
+
+    /// The upstream URL for the route.
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+struct Shared {
+    route: String,
+    command: Vec<String>,
+    dir: PathBuf,
+    token: String,
+    sessions: DashMap<String, Arc<Session>>,
+    stop: watch::Receiver<bool>,
+}
+
+/// One MCP session: its `initialize`, its current child, its listeners.
+struct Session {
+    init: Value,
+    initialized: std::sync::Mutex<Option<Value>>,
+    child: Mutex<Option<Proc>>,
+    events: broadcast::Sender<Value>,
+    backoff: std::sync::Mutex<(Duration, Instant)>,
+}
+
+/// A child process and what waits on it.
+struct Proc {
+    stdin: ChildStdin,
+    pending: Arc<DashMap<String, oneshot::Sender<Value>>>,
+    alive: watch::Receiver<bool>,
+    _child: Child,
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Body>, _conn: Arc<ConnInfo>) -> Response<Body> {
+    let authorised = req
+        .headers()
+        .get(TOKEN_HEADER)
+        .is_some_and(|v| bool::from(v.as_bytes().ct_eq(shared.token.as_bytes())));
+    if !authorised {
+        return plain(StatusCode::UNAUTHORIZED, "this bridge serves Latch only");
+    }
+    let session_id = req
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let session = session_id
+        .as_ref()
+        .and_then(|id| shared.sessions.get(id).map(|s| s.clone()));
+    match (req.method().clone(), session) {
+        (Method::DELETE, Some(_)) => {
+            if let Some(id) = &session_id {
+                shared.sessions.remove(id);
+            }
+            plain(StatusCode::OK, "")
+        }
+        (Method::GET, Some(s)) => events(&s),
+        (Method::POST, s) => {
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "message too large"),
+            };
+            post(&shared, s, session_id.is_some(), &body).await
+        }
+        (Method::GET | Method::DELETE, None) if session_id.is_some() => {
+            plain(StatusCode::NOT_FOUND, "no such session")
+        }
+        (Method::GET | Method::DELETE, None) => plain(StatusCode::BAD_REQUEST, "Mcp-Session-Id required"),
+        _ => plain(StatusCode::METHOD_NOT_ALLOWED, "POST, GET or DELETE"),
+    }
+}
+
+async fn post(shared: &Arc<Shared>, session: Option<Arc<Session>>, named: bool, body: &[u8]) -> Response<Body> {
+    let doc: Value = match serde_json::from_slice(body) {
+        Ok(d) => d,
+        Err(e) => return rpc(StatusCode::BAD_REQUEST, &wire::error(None, wire::PARSE_ERROR, &e.to_string(), None), None),
+    };
+    let (batch, items) = match &doc {
+        Value::Array(items) => (true, items.clone()),
+        single => (false, vec![single.clone()]),
+    };
+    let session = match (session, named) {
+        (Some(s), _) => s,
+        (None, true) => return plain(StatusCode::NOT_FOUND, "no such session"),
+        (None, false) => {
+            let init = match items.as_slice() {
+                [m] if m.get("method").and_then(Value::as_str) == Some("initialize") => m.clone(),
+                _ => {
+                    let e = wire::error(None, wire::INVALID_REQUEST, "this stdio server needs `initialize` first (no Mcp-Session-Id given)", None);
+                    return rpc(StatusCode::BAD_REQUEST, &e, None);
+                }
+            };
+            if shared.sessions.len() >= MAX_SESSIONS {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "too many sessions");
+            }
+            return initialize(shared, init).await;
+        }
+    };
+    let mut answers = Vec::new();
+    for m in &items {
+        match wire::message(m) {
+            Ok(Message::Request { id, .. }) => answers.push(call(shared, &session, m, id).await),
+            Ok(Message::Notification { method }) => {
+                if method == "notifications/initialized" {
+                    if let Ok(mut slot) = session.initialized.lock() {
+                        *slot = Some(m.clone());
+                    }
+                }
+                if let Err(e) = send(shared, &session, m).await {
+                    tracing::warn!(route = %shared.route, error = %e, "stdio MCP server unavailable");
+                }
+            }
+            Ok(Message::Response) => {
+                let _ = send(shared, &session, m).await;
+            }
+            Err(e) => answers.push(e.to_json()),
+        }
+    }
+    match (answers.len(), batch) {
+        (0, _) => plain(StatusCode::ACCEPTED, ""),
+        (_, true) => rpc(StatusCode::OK, &Value::Array(answers), None),
+        _ => rpc(StatusCode::OK, &answers.remove(0), None),
+    }
+}
+
+async fn initialize(shared: &Arc<Shared>, init: Value) -> Response<Body> {
+    let (events, _) = broadcast::channel(64);
+    let session = Arc::new(Session {
+        init: init.clone(),
+        initialized: std::sync::Mutex::new(None),
+        child: Mutex::new(None),
+        events,
+        backoff: std::sync::Mutex::new((Duration::ZERO, Instant::now())),
+    });
+    let id = init.get("id").cloned().unwrap_or(Value::Null);
+    let mut slot = session.child.lock().await;
+    let answer = match spawn(shared, &session).await {
+        Ok((proc, answer)) => {
+            *slot = Some(proc);
+            answer
+        }
+        Err(e) => {
+            tracing::warn!(route = %shared.route, error = %e, "stdio MCP server failed to start");
+            let e = wire::error(Some(&id), wire::INTERNAL_ERROR, &format!("the stdio MCP server did not start: {e}"), None);
+            return rpc(StatusCode::BAD_GATEWAY, &e, None);
+        }
+    };
+    drop(slot);
+    let session_id = uuid::Uuid::new_v4().to_string();
+    shared.sessions.insert(session_id.clone(), session);
+    rpc(StatusCode::OK, &answer, Some(&session_id))
+}
+
+/// Start the child and hand it the session's `initialize` (and the
+/// client's `initialized`, on a restart); its answer to `initialize`.
+async fn spawn(shared: &Arc<Shared>, session: &Arc<Session>) -> Result<(Proc, Value), String> {
+    let (program, args) = shared.command.split_first().ok_or("empty command")?;
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(&shared.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))?;
+    let stdin = child.stdin.take().ok_or("no stdin")?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    if let Some(stderr) = child.stderr.take() {
+        let route = shared.route.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(route = %route, stream = "stderr", "{line}");
+            }
+        });
+    }
+    let pending: Arc<DashMap<String, oneshot::Sender<Value>>> = Arc::new(DashMap::new());
+    let (alive_tx, alive) = watch::channel(true);
+    {
+        let pending = pending.clone();
+        let events = session.events.clone();
+        let route = shared.route.clone();
+        let mut stop = shared.stop.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            loop {
+                let line = tokio::select! {
+                    l = lines.next_line() => l,
+                    _ = stop.changed() => break,
+                };
+                let Ok(Some(line)) = line else { break };
+                let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+                    tracing::warn!(route = %route, "stdio MCP server wrote a line that is not JSON");
+                    continue;
+                };
+                let is_response = msg.get("method").is_none();
+                match msg.get("id").map(Value::to_string) {
+                    Some(key) if is_response => {
+                        if let Some((_, tx)) = pending.remove(&key) {
+                            let _ = tx.send(msg);
+                        }
+                    }
+                    _ => {
+                        let _ = events.send(msg);
+                    }
+                }
+            }
+            let _ = alive_tx.send(false);
+            // Whatever was waiting will not be answered.
+            let keys: Vec<String> = pending.iter().map(|e| e.key().clone()).collect();
+            for k in keys {
+                if let Some((_, tx)) = pending.remove(&k) {
+                    let id: Value = serde_json::from_str(&k).unwrap_or(Value::Null);
+                    let _ = tx.send(wire::error(Some(&id), wire::INTERNAL_ERROR, "the stdio MCP server exited during the call", None));
+                }
+            }
+            tracing::warn!(route = %route, "stdio MCP server exited");
+        });
+    }
+    let mut proc = Proc { stdin, pending, alive, _child: child };
+    let init_id = session.init.get("id").cloned().unwrap_or(Value::Null);
+    let answer = tokio::time::timeout(INIT_TIMEOUT, exchange(&mut proc, &session.init, &init_id))
+        .await
+        .map_err(|_| "no answer to initialize in time".to_string())??;
+    let initialized = session.initialized.lock().ok().and_then(|s| s.clone());
+    if let Some(note) = initialized {
+        write(&mut proc, &note).await?;
+    }
+    Ok((proc, answer))
+}
+
+/// Write `msg` and wait for the response to `id`.
+async fn exchange(proc: &mut Proc, msg: &Value, id: &Value) -> Result<Value, String> {
+    let (tx, rx) = oneshot::channel();
+    proc.pending.insert(id.to_string(), tx);
+    write(proc, msg).await?;
+    rx.await.map_err(|_| "the stdio MCP server went away".to_string())
+}
+
+async fn write(proc: &mut Proc, msg: &Value) -> Result<(), String> {
+    let mut line = msg.to_string().into_bytes();
+    line.push(b'\n');
+    proc.stdin.write_all(&line).await.map_err(|e| e.to_string())?;
+    proc.stdin.flush().await.map_err(|e| e.to_string())
+}
+
+/// The session's child, started again (after the back-off) if it died.
+async fn live<'a>(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    slot: &'a mut tokio::sync::MutexGuard<'_, Option<Proc>>,
+) -> Result<&'a mut Proc, String> {
+    let dead = slot.as_ref().is_none_or(|p| !*p.alive.borrow());
+    if dead {
+        let wait = {
+            let b = session.backoff.lock().map_err(|_| "poisoned")?;
+            b.1.saturating_duration_since(Instant::now())
+        };
+        if !wait.is_zero() {
+            return Err(format!("the stdio MCP server is restarting (next try in {} ms)", wait.as_millis()));
+        }
+        {
+            let mut b = session.backoff.lock().map_err(|_| "poisoned")?;
+            let next = (b.0 * 2).clamp(Duration::from_millis(250), MAX_BACKOFF);
+            *b = (next, Instant::now() + next);
+        }
+        tracing::info!(route = %shared.route, "starting the stdio MCP server again");
+        let (proc, _) = spawn(shared, session).await?;
+        **slot = Some(proc);
+    }
+    slot.as_mut().ok_or_else(|| "no process".to_string())
+}
+
+async fn send(shared: &Arc<Shared>, session: &Arc<Session>, msg: &Value) -> Result<(), String> {
+    let mut slot = session.child.lock().await;
+    let proc = live(shared, session, &mut slot).await?;
+    write(proc, msg).await
+}
+
+async fn call(shared: &Arc<Shared>, session: &Arc<Session>, msg: &Value, id: &Value) -> Value {
+    let rx = {
+        let mut slot = session.child.lock().await;
+        let proc = match live(shared, session, &mut slot).await {
+            Ok(p) => p,
+            Err(e) => return wire::error(Some(id), wire::INTERNAL_ERROR, &e, None),
+        };
+        let (tx, rx) = oneshot::channel();
+        proc.pending.insert(id.to_string(), tx);
+        if let Err(e) = write(proc, msg).await {
+            proc.pending.remove(&id.to_string());
+            return wire::error(Some(id), wire::INTERNAL_ERROR, &format!("writing to the stdio MCP server failed: {e}"), None);
+        }
+        rx
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => {
+            // A healthy answer resets the back-off.
+            if let Ok(mut b) = session.backoff.lock() {
+                b.0 = Duration::ZERO;
+            }
+            answer
+        }
+        Ok(Err(_)) => wire::error(Some(id), wire::INTERNAL_ERROR, "the stdio MCP server went away", None),
+        Err(_) => wire::error(Some(id), wire::INTERNAL_ERROR, "the stdio MCP server did not answer in time", None),
+    }
+}
+
+/// The session's server-to-client messages as an event stream.
+fn events(session: &Arc<Session>) -> Response<Body> {
+    let mut rx = session.events.subscribe();
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        loop {
+            let msg = match rx.recv().await {
+                Ok(m) => m,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send(wire::sse_event(&msg)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(BodyExt::boxed(ChannelBody(body_rx)));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    resp
+}
+
+fn rpc(status: StatusCode, body: &Value, session: Option<&str>) -> Response<Body> {
+    let mut resp = crate::http_util::json(status, body);
+    if let Some(v) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+        resp.headers_mut().insert("mcp-session-id", v);
+    }
+    resp
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = Response::new(full(text.to_string()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Start a bridge for every route with a `command`, pointing the route at
+/// it; the bridges run as long as they are kept.
+pub async fn start_all(
+    routes: &mut [crate::config::RouteConfig],
+    dir: &Path,
+) -> anyhow::Result<Vec<Bridge>> {
+    let mut bridges = Vec::new();
+    for r in routes.iter_mut() {
+        let Some(command) = r.command.clone() else {
+            continue;
+        };
+        let b = Bridge::start(&r.name, command, dir).await?;
+        r.upstream = b.url().parse()?;
+        let mut token = HeaderValue::from_str(&b.token)?;
+        token.set_sensitive(true);
+        r.inject_headers
+            .push((http::HeaderName::from_static(TOKEN_HEADER), token));
+        bridges.push(b);
+    }
+    Ok(bridges)
+}
