@@ -42,6 +42,16 @@ loud if {
 
 gate_risk := data.latch.lib.max_risk(gate_findings)
 
+# MCP `tools/list` offers an agent only what it may use: tools in the
+# catalog that are offered to it. (Hiding is a courtesy to the model; a
+# call of a hidden tool is still judged, and refused, like any other.)
+default tool_visible := false
+
+tool_visible if {
+	data.latch.lib.tool
+	data.latch.lib.offered
+}
+
 default value := null
 
 value := data.latch.rules.value.info

@@ -11,6 +11,15 @@ import rego.v1
 # The catalog entry of the tool being called (undefined for unknown tools).
 tool := data.latch_settings.tools[input.action.tool]
 
+# The agent may use the tool: it names no `visible_to` roles, or the agent
+# holds one of them.
+offered if not tool.visible_to
+
+offered if {
+	some role in tool.visible_to
+	role in input.agent.roles
+}
+
 # An action class humans approved again and again without objection,
 # proposed by `latch insights --write` and committed (after review) as
 # data/learned.json.

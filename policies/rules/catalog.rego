@@ -9,4 +9,15 @@ deny contains f if {
 	f := data.latch.lib.finding("unknown_tool", "high", sprintf("tool %q is not in the catalog; an administrator must add it before agents can use it", [input.action.tool]))
 }
 
-quiet if data.latch_settings.tools[input.action.tool]
+# A tool with `visible_to` is for agents holding one of those roles only
+# (and hidden from the others' MCP tools/list: data.latch.tool_visible).
+deny contains f if {
+	lib.tool
+	not lib.offered
+	f := data.latch.lib.finding("tool_not_offered", "high", sprintf("tool %q is not offered to %s", [input.action.tool, input.agent.id]))
+}
+
+quiet if {
+	data.latch_settings.tools[input.action.tool]
+	lib.offered
+}

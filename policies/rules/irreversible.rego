@@ -10,6 +10,10 @@ irreversible if lib.tool.irreversible
 
 irreversible if data.latch_settings.irreversible_methods[input.request.method]
 
+# An MCP server's own `destructiveHint` (input.mcp.annotations): an
+# untrusted hint, so it can add irreversibility but never take it away.
+irreversible if input.mcp.annotations.destructiveHint == true
+
 gate contains f if {
 	irreversible
 	not lib.tool.value
@@ -20,4 +24,5 @@ gate contains f if {
 quiet if {
 	not data.latch_settings.tools[input.action.tool].irreversible
 	not data.latch_settings.irreversible_methods[input.request.method]
+	not input.mcp.annotations.destructiveHint == true
 }
