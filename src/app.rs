@@ -110,6 +110,7 @@ pub fn build(config: &Config, clock: Clock) -> anyhow::Result<Handles> {
     });
     let proxy = Proxy::new(proxy::Parts {
         hold: config.proxy.hold,
+        progress: config.proxy.progress,
         body_read_timeout: config.proxy.body_read_timeout,
         input_headers,
         routes,

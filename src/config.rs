@@ -119,6 +119,8 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// How long a gated call is held.
     pub hold: Duration,
+    /// Interval of progress notifications to a held MCP client.
+    pub progress: Duration,
     /// Default body limit.
     pub max_body_bytes: u64,
     /// Time allowed to read a request head.

@@ -44,6 +44,8 @@ use error::ProxyError;
 pub struct Parts {
     /// How long a synchronous caller is held before a 202.
     pub hold: Duration,
+    /// How often a held MCP client hears it is still waiting.
+    pub progress: Duration,
     /// Time allowed to receive a request body.
     pub body_read_timeout: Duration,
     /// Headers the policy may see.

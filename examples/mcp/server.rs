@@ -10,8 +10,6 @@ mod tools;
 
 use std::net::SocketAddr;
 
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::ServiceExt;
 
 fn main() -> anyhow::Result<()> {
@@ -39,24 +37,6 @@ fn main() -> anyhow::Result<()> {
         let addr: SocketAddr = listen.parse()?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         eprintln!("demo MCP server on http://{}/mcp", listener.local_addr()?);
-        serve_http(listener, host).await
+        tools::serve_http(listener, host).await
     })
-}
-
-/// Serve `host` over Streamable HTTP (sessions on) until the process ends.
-async fn serve_http(listener: tokio::net::TcpListener, host: tools::CodeHost) -> anyhow::Result<()> {
-    let mut config = StreamableHttpServerConfig::default();
-    config.legacy_session_mode = true;
-    let service: StreamableHttpService<tools::CodeHost, LocalSessionManager> =
-        StreamableHttpService::new(move || Ok(host.clone()), Default::default(), config);
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let svc = hyper_util::service::TowerToHyperService::new(service.clone());
-        tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
-        });
-    }
 }

@@ -131,3 +131,24 @@ impl ServerHandler for CodeHost {
         Ok(CallToolResult::success(vec![ContentBlock::text(text)]).into())
     }
 }
+
+/// Serve `host` over Streamable HTTP at any path (sessions on) until the
+/// process ends.
+pub async fn serve_http(listener: tokio::net::TcpListener, host: CodeHost) -> anyhow::Result<()> {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+    let mut config = StreamableHttpServerConfig::default();
+    config.legacy_session_mode = true;
+    let service: StreamableHttpService<CodeHost, LocalSessionManager> =
+        StreamableHttpService::new(move || Ok(host.clone()), Default::default(), config);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let svc = hyper_util::service::TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}

@@ -59,6 +59,8 @@ pub struct RawProxy {
     pub listen: Option<Spanned<String>>,
     /// Seconds a gated call is held before answering 202.
     pub hold_s: Option<Spanned<u64>>,
+    /// How often a held MCP call tells its client it is still waiting.
+    pub progress_ms: Option<Spanned<u64>>,
     /// Largest request body accepted, unless a route says otherwise.
     pub max_body_bytes: Option<Spanned<u64>>,
     /// Time allowed for a client to send its request head.

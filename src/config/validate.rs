@@ -195,6 +195,7 @@ impl Validator<'_> {
         let proxy = ProxyConfig {
             listen: self.addr(p.listen, "proxy.listen", "127.0.0.1:8080"),
             hold: Duration::from_secs(self.positive(p.hold_s, "proxy.hold_s", 50)),
+            progress: self.millis(p.progress_ms, "proxy.progress_ms", 5_000),
             max_body_bytes: self.positive(p.max_body_bytes, "proxy.max_body_bytes", 1 << 20),
             header_read_timeout: self.millis(
                 p.header_read_timeout_ms,

@@ -20,8 +20,6 @@ use crate::http_util::{Body, ChannelBody};
 use crate::identity::Principal;
 use crate::mcp::{self as wire, Framing, TaskState};
 
-/// How often a waiting client hears that its call is still waiting.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// A plain JSON waiter re-checks the approval this often (it is woken on
 /// the verdict in any case).
 const RECHECK_EVERY: Duration = Duration::from_secs(60);
@@ -84,7 +82,7 @@ pub(in crate::proxy) async fn wait(p: &Proxy, mut w: Waiting) -> Response<Body> 
     if w.sse {
         let (tx, rx) = mpsc::channel::<Bytes>(4);
         let id = w.approval_id.clone();
-        tokio::spawn(stream(p.gate.clone(), w, tx));
+        tokio::spawn(stream(p.gate.clone(), p.progress, w, tx));
         let mut resp = Response::new(ChannelBody(rx).boxed());
         let h = resp.headers_mut();
         h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -110,7 +108,7 @@ pub(in crate::proxy) async fn wait(p: &Proxy, mut w: Waiting) -> Response<Body> 
     }
 }
 
-async fn stream(gate: Gate, mut w: Waiting, tx: mpsc::Sender<Bytes>) {
+async fn stream(gate: Gate, every: Duration, mut w: Waiting, tx: mpsc::Sender<Bytes>) {
     let mut n = 0u64;
     loop {
         if let Some(token) = &w.progress {
@@ -124,7 +122,7 @@ async fn stream(gate: Gate, mut w: Waiting, tx: mpsc::Sender<Bytes>) {
             }
         }
         tokio::select! {
-            waited = gate.wait(&w.approval_id, PROGRESS_EVERY) => match waited {
+            waited = gate.wait(&w.approval_id, every) => match waited {
                 Ok(Waited::Final(a)) => {
                     if let Some(h) = &mut w.held {
                         h.disarm();
