@@ -169,7 +169,11 @@ pub fn tool_call<'a>(
     let params = params.ok_or_else(|| bad("tools/call needs `params` with the tool's `name`"))?;
     let name = match params.get("name") {
         Some(Value::String(n)) if !n.is_empty() => n.as_str(),
-        Some(_) => return Err(bad("`params.name` of tools/call must be a non-empty string")),
+        Some(_) => {
+            return Err(bad(
+                "`params.name` of tools/call must be a non-empty string",
+            ))
+        }
         None => return Err(bad("tools/call needs `params.name`")),
     };
     let arguments = match params.get("arguments") {
@@ -439,7 +443,8 @@ mod tests {
 
     #[test]
     fn messages_are_classified() {
-        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}});
+        let req =
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}});
         assert!(matches!(
             message(&req),
             Ok(Message::Request {
@@ -463,8 +468,8 @@ mod tests {
             let e = message(&bad).unwrap_err();
             assert_eq!(e.code, INVALID_REQUEST, "{bad}");
         }
-        let e = message(&json!({"jsonrpc": "2.0", "id": 3, "method": "x", "params": [1]}))
-            .unwrap_err();
+        let e =
+            message(&json!({"jsonrpc": "2.0", "id": 3, "method": "x", "params": [1]})).unwrap_err();
         assert_eq!((e.code, e.id), (INVALID_PARAMS, Some(json!(3))));
     }
 

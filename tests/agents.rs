@@ -57,9 +57,9 @@ fn available(ok: bool, what: &str) -> bool {
     ok
 }
 
-/// Start the demo, run `agent` against it (approving what it holds), and
-/// check what it reported for each step.
-async fn drive(mut agent: Command) {
+/// Start the demo, run `agent` against it (approving what it holds); the
+/// last event it reported for each step.
+async fn drive(mut agent: Command) -> std::collections::BTreeMap<String, Value> {
     let dir = tempfile::tempdir().unwrap();
     let (config, proxy, admin_addr) = demo_config(dir.path());
     let path = dir.path().join("latch.toml");
@@ -120,7 +120,11 @@ async fn drive(mut agent: Command) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    steps
+}
 
+/// The HTTP agents: allowed, denied with reasons, held then approved.
+fn check_http_agent(steps: &std::collections::BTreeMap<String, Value>) {
     assert_eq!(steps["search"]["ok"], true, "{steps:?}");
     let trade = &steps["trade"];
     assert_eq!(trade["ok"], false);
@@ -148,7 +152,41 @@ async fn the_python_agent_handles_allow_deny_and_held_calls_against_the_demo() {
     }
     let mut cmd = Command::new(PYTHON);
     cmd.arg(examples().join("python/agent.py"));
-    drive(cmd).await;
+    check_http_agent(&drive(cmd).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_mcp_client_gets_results_refusals_and_progress_through_the_demo() {
+    if !available(has_httpx(), "python3-httpx") {
+        return;
+    }
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(examples().join("python/mcp_agent.py"));
+    let steps = drive(cmd).await;
+    let tools = steps["tools"]["names"].as_array().unwrap();
+    assert_eq!(tools.len(), 4, "{tools:?}");
+    assert_eq!(steps["search"]["ok"], true, "{steps:?}");
+    assert_eq!(steps["search"]["text"], "2 results for \"rego\"");
+    let trade = &steps["trade"];
+    assert_eq!(
+        (&trade["ok"], &trade["code"]),
+        (&Value::Bool(false), &Value::from("value_limit")),
+        "{trade}"
+    );
+    assert!(
+        trade["feedback"].as_str().unwrap().contains("hard limit"),
+        "{trade}"
+    );
+    assert!(steps.contains_key("held"), "the e-mail was held: {steps:?}");
+    assert!(
+        steps["progress"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("waiting for"),
+        "{steps:?}"
+    );
+    assert_eq!(steps["email"]["ok"], true, "{steps:?}");
+    assert_eq!(steps["email"]["text"], "sent to \"bob@example.com\"");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,5 +222,5 @@ async fn the_typescript_agent_handles_allow_deny_and_held_calls_against_the_demo
     );
     let mut cmd = Command::new("/usr/bin/node");
     cmd.arg(out.path().join("agent.js"));
-    drive(cmd).await;
+    check_http_agent(&drive(cmd).await);
 }

@@ -19,8 +19,7 @@ use rmcp::model::{
     ServerResult,
 };
 use rmcp::service::{
-    ClientLifecycleMode, ClientServiceExt, NotificationContext, PeerRequestOptions,
-    RunningService,
+    ClientLifecycleMode, ClientServiceExt, NotificationContext, PeerRequestOptions, RunningService,
 };
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -123,7 +122,9 @@ async fn connect(proxy: SocketAddr, token: &str, a: Agent) -> Client {
     let transport = StreamableHttpClientTransport::from_config(config);
     let version = a.info.protocol_version.clone();
     if version.has_initialize() {
-        a.serve(transport).await.expect("client starts through Latch")
+        a.serve(transport)
+            .await
+            .expect("client starts through Latch")
     } else {
         a.serve_with_lifecycle(
             transport,
@@ -163,7 +164,12 @@ async fn tool_calls_are_judged_by_name_and_arguments_on_every_protocol_revision(
         ProtocolVersion::V_2025_11_25,
         ProtocolVersion::V_2026_07_28,
     ] {
-        let client = connect(latch.proxy(), testing::AGENT_TOKEN, agent(version.clone(), false)).await;
+        let client = connect(
+            latch.proxy(),
+            testing::AGENT_TOKEN,
+            agent(version.clone(), false),
+        )
+        .await;
         // The admin tool is not offered to this agent; the others are.
         let listed: Vec<String> = client
             .list_all_tools()
@@ -172,8 +178,14 @@ async fn tool_calls_are_judged_by_name_and_arguments_on_every_protocol_revision(
             .iter()
             .map(|t| t.name.to_string())
             .collect();
-        assert!(listed.contains(&"search_issues".to_string()), "{version}: {listed:?}");
-        assert!(!listed.contains(&"rotate_admin_keys".to_string()), "{version}: {listed:?}");
+        assert!(
+            listed.contains(&"search_issues".to_string()),
+            "{version}: {listed:?}"
+        );
+        assert!(
+            !listed.contains(&"rotate_admin_keys".to_string()),
+            "{version}: {listed:?}"
+        );
 
         let ok = client
             .call_tool(call("search_issues", json!({"query": "flaky test"})))
@@ -188,7 +200,11 @@ async fn tool_calls_are_judged_by_name_and_arguments_on_every_protocol_revision(
             .await
             .unwrap();
         assert_eq!(denied.is_error, Some(true), "{version}");
-        assert!(text(&denied).contains("delete_repo on codehost may destroy data"), "{}", text(&denied));
+        assert!(
+            text(&denied).contains("delete_repo on codehost may destroy data"),
+            "{}",
+            text(&denied)
+        );
         let meta = serde_json::to_value(&denied.meta).unwrap();
         assert_eq!(meta["latch/code"], "destructive");
         assert!(meta["latch/decision_id"].is_string());
@@ -198,20 +214,38 @@ async fn tool_calls_are_judged_by_name_and_arguments_on_every_protocol_revision(
     assert_eq!(names(&log), vec!["search_issues"; 3]);
 
     // Another agent is offered the admin tool.
-    let other = connect(latch.proxy(), "bot2-token", agent(ProtocolVersion::V_2025_11_25, false)).await;
+    let other = connect(
+        latch.proxy(),
+        "bot2-token",
+        agent(ProtocolVersion::V_2025_11_25, false),
+    )
+    .await;
     let listed = other.list_all_tools().await.unwrap();
     assert!(listed.iter().any(|t| t.name == "rotate_admin_keys"));
     other.cancel().await.unwrap();
 
     // Every call is in the audit trail, allowed, denied or passed through.
-    let audit = testing::admin(latch.admin(), "GET", "/api/v1/audit?limit=500", "alice-token", "").await;
-    let records = audit.json()["records"].as_array().cloned().unwrap_or_default();
+    let audit = testing::admin(
+        latch.admin(),
+        "GET",
+        "/api/v1/audit?limit=500",
+        "alice-token",
+        "",
+    )
+    .await;
+    let records = audit.json()["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let tools: Vec<&str> = records
         .iter()
         .filter(|r| r["event"] == "decision")
         .filter_map(|r| r["details"]["tool"].as_str())
         .collect();
-    assert!(tools.contains(&"delete_repo") && tools.contains(&"tools/list"), "{tools:?}");
+    assert!(
+        tools.contains(&"delete_repo") && tools.contains(&"tools/list"),
+        "{tools:?}"
+    );
 }
 
 /// Hold a transfer; the client's timeout (shorter than the wait) resets on
@@ -228,17 +262,35 @@ async fn a_held_call_streams_progress_and_runs_once_when_approved() {
         "transfer_credits",
         json!({"to": "acct-9", "amount": 500}),
     )));
-    let options = PeerRequestOptions::with_timeout(Duration::from_millis(700)).reset_timeout_on_progress();
-    let handle = client.send_request_with_option(request, options).await.unwrap();
+    let options =
+        PeerRequestOptions::with_timeout(Duration::from_millis(700)).reset_timeout_on_progress();
+    let handle = client
+        .send_request_with_option(request, options)
+        .await
+        .unwrap();
     let waiting = tokio::spawn(handle.await_response());
 
     let id = testing::wait_pending(latch.admin()).await;
-    let a = testing::admin(latch.admin(), "GET", &format!("/api/v1/approvals/{id}"), "alice-token", "").await;
+    let a = testing::admin(
+        latch.admin(),
+        "GET",
+        &format!("/api/v1/approvals/{id}"),
+        "alice-token",
+        "",
+    )
+    .await;
     assert_eq!(a.json()["tool"], "transfer_credits");
     assert!(log.calls().is_empty(), "nothing runs before approval");
     // Longer than the client's timeout: only progress keeps it waiting.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = testing::admin(latch.admin(), "POST", &format!("/api/v1/approvals/{id}/approve"), "alice-token", "{}").await;
+    let r = testing::admin(
+        latch.admin(),
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        "alice-token",
+        "{}",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.json());
 
     let answer = waiting.await.unwrap().expect("the held call completes");
@@ -246,10 +298,21 @@ async fn a_held_call_streams_progress_and_runs_once_when_approved() {
         panic!("not a tool result: {answer:?}");
     };
     assert_eq!(text(&result), "moved 500 credits to \"acct-9\"");
-    assert!(progress.load(Ordering::SeqCst) >= 3, "progress: {}", progress.load(Ordering::SeqCst));
-    assert!(messages.lock().unwrap()[0].contains("waiting for 1× lead"), "{:?}", messages.lock().unwrap());
+    assert!(
+        progress.load(Ordering::SeqCst) >= 3,
+        "progress: {}",
+        progress.load(Ordering::SeqCst)
+    );
+    assert!(
+        messages.lock().unwrap()[0].contains("waiting for 1× lead"),
+        "{:?}",
+        messages.lock().unwrap()
+    );
     testing::wait_state(latch.admin(), &id, "executed").await;
-    assert_eq!(log.calls(), vec![json!({"name": "transfer_credits", "arguments": {"to": "acct-9", "amount": 500}})]);
+    assert_eq!(
+        log.calls(),
+        vec![json!({"name": "transfer_credits", "arguments": {"to": "acct-9", "amount": 500}})]
+    );
     client.cancel().await.unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_latch"))
         .envs(&latch.env)
@@ -257,66 +320,138 @@ async fn a_held_call_streams_progress_and_runs_once_when_approved() {
         .arg(latch.config_path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
 async fn rejected_calls_answer_with_the_reason_and_modified_ones_send_the_new_arguments() {
     let (upstream, log) = http_server().await;
     let latch = latch_for(&upstream).await;
-    let client = Arc::new(connect(latch.proxy(), testing::AGENT_TOKEN, agent(ProtocolVersion::V_2025_06_18, false)).await);
+    let client = Arc::new(
+        connect(
+            latch.proxy(),
+            testing::AGENT_TOKEN,
+            agent(ProtocolVersion::V_2025_06_18, false),
+        )
+        .await,
+    );
 
     let c = client.clone();
     let rejected = tokio::spawn(async move {
-        c.call_tool(call("transfer_credits", json!({"to": "acct-1", "amount": 900}))).await
+        c.call_tool(call(
+            "transfer_credits",
+            json!({"to": "acct-1", "amount": 900}),
+        ))
+        .await
     });
     let id = testing::wait_pending(latch.admin()).await;
     let body = json!({"reason": "acct-1 is closed; use acct-2"}).to_string();
-    let r = testing::admin(latch.admin(), "POST", &format!("/api/v1/approvals/{id}/reject"), "alice-token", &body).await;
+    let r = testing::admin(
+        latch.admin(),
+        "POST",
+        &format!("/api/v1/approvals/{id}/reject"),
+        "alice-token",
+        &body,
+    )
+    .await;
     assert_eq!(r.status, 200);
     let result = rejected.await.unwrap().unwrap();
     assert_eq!(result.is_error, Some(true));
-    assert!(text(&result).contains("acct-1 is closed; use acct-2"), "{}", text(&result));
-    assert_eq!(serde_json::to_value(&result.meta).unwrap()["latch/decision"], "rejected");
+    assert!(
+        text(&result).contains("acct-1 is closed; use acct-2"),
+        "{}",
+        text(&result)
+    );
+    assert_eq!(
+        serde_json::to_value(&result.meta).unwrap()["latch/decision"],
+        "rejected"
+    );
 
     // A reviewer lowers the amount: the policy judges the new arguments,
     // the modifier's approval counts, and the server gets exactly them.
     let c = client.clone();
     let modified = tokio::spawn(async move {
-        c.call_tool(call("transfer_credits", json!({"to": "acct-2", "amount": 900}))).await
+        c.call_tool(call(
+            "transfer_credits",
+            json!({"to": "acct-2", "amount": 900}),
+        ))
+        .await
     });
     let id = testing::wait_pending(latch.admin()).await;
-    let not_object = testing::admin(latch.admin(), "POST", &format!("/api/v1/approvals/{id}/modify"), "alice-token", r#"{"body": [1]}"#).await;
+    let not_object = testing::admin(
+        latch.admin(),
+        "POST",
+        &format!("/api/v1/approvals/{id}/modify"),
+        "alice-token",
+        r#"{"body": [1]}"#,
+    )
+    .await;
     assert_eq!(not_object.status, 422, "{}", not_object.json());
-    let body = json!({"body": {"to": "acct-2", "amount": 150}, "comment": "150 is enough"}).to_string();
-    let r = testing::admin(latch.admin(), "POST", &format!("/api/v1/approvals/{id}/modify"), "alice-token", &body).await;
+    let body =
+        json!({"body": {"to": "acct-2", "amount": 150}, "comment": "150 is enough"}).to_string();
+    let r = testing::admin(
+        latch.admin(),
+        "POST",
+        &format!("/api/v1/approvals/{id}/modify"),
+        "alice-token",
+        &body,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.json());
     let result = modified.await.unwrap().unwrap();
     assert_eq!(text(&result), "moved 150 credits to \"acct-2\"");
-    assert_eq!(log.calls(), vec![json!({"name": "transfer_credits", "arguments": {"to": "acct-2", "amount": 150}})]);
+    assert_eq!(
+        log.calls(),
+        vec![json!({"name": "transfer_credits", "arguments": {"to": "acct-2", "amount": 150}})]
+    );
 }
 
 #[tokio::test]
 async fn a_client_that_declares_tasks_gets_a_task_to_poll() {
     let (upstream, log) = http_server().await;
     let latch = latch_for(&upstream).await;
-    let client = connect(latch.proxy(), testing::AGENT_TOKEN, agent(ProtocolVersion::V_2025_11_25, true)).await;
+    let client = connect(
+        latch.proxy(),
+        testing::AGENT_TOKEN,
+        agent(ProtocolVersion::V_2025_11_25, true),
+    )
+    .await;
     let answer = client
-        .call_tool_once(call("transfer_credits", json!({"to": "acct-3", "amount": 250})))
+        .call_tool_once(call(
+            "transfer_credits",
+            json!({"to": "acct-3", "amount": 250}),
+        ))
         .await
         .unwrap();
     let CallToolResponse::Task(created) = answer else {
         panic!("not a task: {answer:?}");
     };
     let task_id = created.task.task_id.clone();
-    let polled = client.get_task(GetTaskParams::new(task_id.clone())).await.unwrap();
+    let polled = client
+        .get_task(GetTaskParams::new(task_id.clone()))
+        .await
+        .unwrap();
     assert_eq!(serde_json::to_value(&polled).unwrap()["status"], "working");
 
-    let r = testing::admin(latch.admin(), "POST", &format!("/api/v1/approvals/{task_id}/approve"), "alice-token", "{}").await;
+    let r = testing::admin(
+        latch.admin(),
+        "POST",
+        &format!("/api/v1/approvals/{task_id}/approve"),
+        "alice-token",
+        "{}",
+    )
+    .await;
     assert_eq!(r.status, 200);
     let mut done = Value::Null;
     for _ in 0..100 {
-        let polled = client.get_task(GetTaskParams::new(task_id.clone())).await.unwrap();
+        let polled = client
+            .get_task(GetTaskParams::new(task_id.clone()))
+            .await
+            .unwrap();
         done = serde_json::to_value(&polled).unwrap();
         if done["status"] != "working" {
             break;
@@ -324,23 +459,39 @@ async fn a_client_that_declares_tasks_gets_a_task_to_poll() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["result"]["content"][0]["text"], "moved 250 credits to \"acct-3\"");
+    assert_eq!(
+        done["result"]["content"][0]["text"],
+        "moved 250 credits to \"acct-3\""
+    );
     assert_eq!(names(&log), vec!["transfer_credits"]);
     client.cancel().await.unwrap();
 }
 
 /// Raw Streamable HTTP, for what an SDK will not send.
-async fn post(proxy: SocketAddr, session: Option<&str>, body: &str, extra: &[(&str, &str)]) -> testing::Answer {
+async fn post(
+    proxy: SocketAddr,
+    session: Option<&str>,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> testing::Answer {
     let mut req = testing::agent_request("POST", proxy, ROUTE)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream");
     if let Some(s) = session {
-        req = req.header("mcp-session-id", s).header("mcp-protocol-version", "2025-06-18");
+        req = req
+            .header("mcp-session-id", s)
+            .header("mcp-protocol-version", "2025-06-18");
     }
     for (k, v) in extra {
         req = req.header(*k, *v);
     }
-    testing::send(req.body(http_body_util::Full::new(bytes::Bytes::from(body.to_string()))).unwrap()).await
+    testing::send(
+        req.body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap(),
+    )
+    .await
 }
 
 /// The JSON-RPC messages of an answer (JSON or event stream).
@@ -359,7 +510,13 @@ async fn session(proxy: SocketAddr) -> String {
     .await;
     assert_eq!(init.status, 200);
     let s = init.header("mcp-session-id").to_string();
-    let done = post(proxy, Some(&s), r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, &[]).await;
+    let done = post(
+        proxy,
+        Some(&s),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        &[],
+    )
+    .await;
     assert_eq!(done.status, 202);
     s
 }
@@ -374,13 +531,26 @@ async fn bad_messages_get_json_rpc_errors_and_batches_go_out_whole_or_not_at_all
     let cases: &[(&str, u16, i64)] = &[
         ("{not json", 400, -32700),
         (r#"{"id":1,"method":"tools/call"}"#, 400, -32600),
-        (r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"arguments":{}}}"#, 200, -32602),
-        (r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"search_issues","arguments":["x"]}}"#, 200, -32602),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"arguments":{}}}"#,
+            200,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"search_issues","arguments":["x"]}}"#,
+            200,
+            -32602,
+        ),
         ("[]", 400, -32600),
     ];
     for (body, status, code) in cases {
         let a = post(p, Some(&s), body, &[]).await;
-        assert_eq!(a.status, *status, "{body}: {}", String::from_utf8_lossy(&a.body));
+        assert_eq!(
+            a.status,
+            *status,
+            "{body}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
         assert_eq!(a.json()["error"]["code"], *code, "{body}");
     }
     // A header that names another tool than the body is refused.
@@ -392,7 +562,10 @@ async fn bad_messages_get_json_rpc_errors_and_batches_go_out_whole_or_not_at_all
     )
     .await;
     assert_eq!(a.status, 400);
-    assert!(a.json()["error"]["message"].as_str().unwrap().contains("Mcp-Name"));
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Mcp-Name"));
 
     // A batch with a denied call: nothing is sent, each request is answered.
     let batch = r#"[
@@ -406,7 +579,10 @@ async fn bad_messages_get_json_rpc_errors_and_batches_go_out_whole_or_not_at_all
     let answers = rpc(&a);
     assert_eq!(answers.len(), 3);
     assert_eq!(answers[0]["id"], 10);
-    assert!(answers[0]["result"]["content"][0]["text"].as_str().unwrap().contains("batch goes out whole"));
+    assert!(answers[0]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("batch goes out whole"));
     assert_eq!(answers[1]["result"]["isError"], true);
     assert_eq!(answers[1]["result"]["_meta"]["latch/code"], "destructive");
     assert_eq!(answers[2]["error"]["code"], -32600);
@@ -426,10 +602,14 @@ async fn a_client_that_goes_away_cancels_its_held_call() {
         body.len()
     );
     let mut conn = tokio::net::TcpStream::connect(p).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut conn, request.as_bytes()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut conn, request.as_bytes())
+        .await
+        .unwrap();
     let id = testing::wait_pending(latch.admin()).await;
     let mut head = vec![0u8; 4096];
-    let n = tokio::io::AsyncReadExt::read(&mut conn, &mut head).await.unwrap();
+    let n = tokio::io::AsyncReadExt::read(&mut conn, &mut head)
+        .await
+        .unwrap();
     let seen = String::from_utf8_lossy(&head[..n]).to_string();
     assert!(seen.contains("text/event-stream"), "{seen}");
     drop(conn);
@@ -454,19 +634,38 @@ async fn an_upstream_that_is_not_mcp_or_dies_gives_json_rpc_errors() {
     let mut server = spawn_server(&format!("listen={addr}"), log.path());
     testing::wait_for(addr);
     let latch = latch_for(&format!("upstream = \"http://{addr}/mcp\"")).await;
-    let client = Arc::new(connect(latch.proxy(), testing::AGENT_TOKEN, agent(ProtocolVersion::V_2025_11_25, false)).await);
+    let client = Arc::new(
+        connect(
+            latch.proxy(),
+            testing::AGENT_TOKEN,
+            agent(ProtocolVersion::V_2025_11_25, false),
+        )
+        .await,
+    );
     let c = client.clone();
     let held = tokio::spawn(async move {
-        c.call_tool(call("transfer_credits", json!({"to": "b", "amount": 400}))).await
+        c.call_tool(call("transfer_credits", json!({"to": "b", "amount": 400})))
+            .await
     });
     let id = testing::wait_pending(latch.admin()).await;
     server.kill().unwrap();
     server.wait().unwrap();
-    let r = testing::admin(latch.admin(), "POST", &format!("/api/v1/approvals/{id}/approve"), "alice-token", "{}").await;
+    let r = testing::admin(
+        latch.admin(),
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        "alice-token",
+        "{}",
+    )
+    .await;
     assert_eq!(r.status, 200);
     let result = held.await.unwrap().unwrap();
     assert_eq!(result.is_error, Some(true));
-    assert!(text(&result).contains("sending it to the server failed"), "{}", text(&result));
+    assert!(
+        text(&result).contains("sending it to the server failed"),
+        "{}",
+        text(&result)
+    );
     testing::wait_state(latch.admin(), &id, "failed").await;
 }
 
@@ -496,10 +695,16 @@ fn server_args(mode: &str, log: &std::path::Path) -> Vec<String> {
 #[ignore = "run as a child process by other tests"]
 fn mcp_server_process() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |k: &str| args.iter().find_map(|a| a.strip_prefix(k)).map(str::to_string);
+    let arg = |k: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(k))
+            .map(str::to_string)
+    };
     let Some(log) = arg("log=") else { return };
     let listen = arg("listen=");
-    let host = tools::CodeHost { log: tools::CallLog::to_file(log.clone().into()) };
+    let host = tools::CodeHost {
+        log: tools::CallLog::to_file(log.clone().into()),
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         if let Some(addr) = listen {
@@ -524,31 +729,62 @@ async fn a_stdio_server_is_served_over_streamable_http_and_restarted_when_it_die
     command.extend(server_args("stdio", &log));
     let command = serde_json::to_string(&command).unwrap();
     let latch = latch_for(&format!("command = {command}")).await;
-    let client = Arc::new(connect(latch.proxy(), testing::AGENT_TOKEN, agent(ProtocolVersion::V_2025_06_18, false)).await);
+    let client = Arc::new(
+        connect(
+            latch.proxy(),
+            testing::AGENT_TOKEN,
+            agent(ProtocolVersion::V_2025_06_18, false),
+        )
+        .await,
+    );
     let listed = client.list_all_tools().await.unwrap();
     assert!(listed.iter().any(|t| t.name == "delete_repo"));
     assert!(!listed.iter().any(|t| t.name == "rotate_admin_keys"));
-    let ok = client.call_tool(call("search_issues", json!({"query": "q"}))).await.unwrap();
+    let ok = client
+        .call_tool(call("search_issues", json!({"query": "q"})))
+        .await
+        .unwrap();
     assert_eq!(text(&ok), "3 issues match \"q\"");
-    let denied = client.call_tool(call("delete_repo", json!({"repo": "r"}))).await.unwrap();
+    let denied = client
+        .call_tool(call("delete_repo", json!({"repo": "r"})))
+        .await
+        .unwrap();
     assert_eq!(denied.is_error, Some(true));
 
     let c = client.clone();
     let held = tokio::spawn(async move {
-        c.call_tool(call("transfer_credits", json!({"to": "s", "amount": 120}))).await
+        c.call_tool(call("transfer_credits", json!({"to": "s", "amount": 120})))
+            .await
     });
     let id = testing::wait_pending(latch.admin()).await;
-    testing::admin(latch.admin(), "POST", &format!("/api/v1/approvals/{id}/approve"), "alice-token", "{}").await;
-    assert_eq!(text(&held.await.unwrap().unwrap()), "moved 120 credits to \"s\"");
+    testing::admin(
+        latch.admin(),
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        "alice-token",
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        text(&held.await.unwrap().unwrap()),
+        "moved 120 credits to \"s\""
+    );
 
     // Kill the server: the bridge starts it again, replays `initialize`,
     // and the session goes on.
     let pid = std::fs::read_to_string(format!("{}.pid", log.display())).unwrap();
-    assert!(std::process::Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut again = None;
     for _ in 0..40 {
-        match client.call_tool(call("search_issues", json!({"query": "after"}))).await {
+        match client
+            .call_tool(call("search_issues", json!({"query": "after"})))
+            .await
+        {
             Ok(r) if r.is_error != Some(true) => {
                 again = Some(r);
                 break;
@@ -556,7 +792,10 @@ async fn a_stdio_server_is_served_over_streamable_http_and_restarted_when_it_die
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
-    assert_eq!(text(&again.expect("the restarted server answers")), "3 issues match \"after\"");
+    assert_eq!(
+        text(&again.expect("the restarted server answers")),
+        "3 issues match \"after\""
+    );
     let new_pid = std::fs::read_to_string(format!("{}.pid", log.display())).unwrap();
     assert_ne!(pid, new_pid, "a new server process answered");
     // A batch of allowed calls goes out whole (rmcp's HTTP server no longer
@@ -570,7 +809,10 @@ async fn a_stdio_server_is_served_over_streamable_http_and_restarted_when_it_die
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     let answers = rpc(&a);
     assert_eq!(answers.len(), 2);
-    assert_eq!(answers[1]["result"]["content"][0]["text"], "3 issues match \"b2\"");
+    assert_eq!(
+        answers[1]["result"]["content"][0]["text"],
+        "3 issues match \"b2\""
+    );
 
     let calls: Vec<Value> = std::fs::read_to_string(&log)
         .unwrap()
@@ -580,6 +822,12 @@ async fn a_stdio_server_is_served_over_streamable_http_and_restarted_when_it_die
     let ran: Vec<&str> = calls.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
         ran,
-        vec!["search_issues", "transfer_credits", "search_issues", "search_issues", "search_issues"]
+        vec![
+            "search_issues",
+            "transfer_credits",
+            "search_issues",
+            "search_issues",
+            "search_issues"
+        ]
     );
 }

@@ -37,7 +37,11 @@ impl CallLog {
     fn push(&self, call: Value) {
         if let Some(path) = &self.file {
             use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
                 let _ = writeln!(f, "{call}");
             }
         }
@@ -71,13 +75,19 @@ pub fn tools() -> Vec<Tool> {
         Tool::new(
             "create_issue",
             "Open an issue",
-            schema(json!({"title": {"type": "string"}, "body": {"type": "string"}}), &["title"]),
+            schema(
+                json!({"title": {"type": "string"}, "body": {"type": "string"}}),
+                &["title"],
+            ),
         )
         .with_annotations(ToolAnnotations::new().read_only(false).destructive(false)),
         Tool::new(
             "transfer_credits",
             "Move account credits to another account",
-            schema(json!({"to": {"type": "string"}, "amount": {"type": "number"}}), &["to", "amount"]),
+            schema(
+                json!({"to": {"type": "string"}, "amount": {"type": "number"}}),
+                &["to", "amount"],
+            ),
         )
         .with_annotations(ToolAnnotations::new().read_only(false).destructive(false)),
         Tool::new(
@@ -136,7 +146,9 @@ impl ServerHandler for CodeHost {
 /// process ends.
 pub async fn serve_http(listener: tokio::net::TcpListener, host: CodeHost) -> anyhow::Result<()> {
     use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-    use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
     let mut config = StreamableHttpServerConfig::default();
     config.legacy_session_mode = true;
     let service: StreamableHttpService<CodeHost, LocalSessionManager> =

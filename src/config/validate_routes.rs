@@ -166,7 +166,11 @@ impl Validator<'_> {
                     format!("`{}` is used by another route", r.prefix.get_ref()),
                 );
             }
-            let protocol = match r.protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+            let protocol = match r
+                .protocol
+                .as_ref()
+                .map(|p| (p.get_ref().as_str(), p.span()))
+            {
                 None | Some(("http", _)) => Protocol::Http,
                 Some(("mcp", _)) => Protocol::Mcp,
                 Some((other, span)) => {
@@ -305,12 +309,7 @@ impl Validator<'_> {
 
     /// `routes[i].command`: only on MCP routes, instead of `upstream`, a
     /// program name first.
-    fn command(
-        &mut self,
-        r: &raw::RawRoute,
-        key: &str,
-        protocol: Protocol,
-    ) -> Option<Vec<String>> {
+    fn command(&mut self, r: &raw::RawRoute, key: &str, protocol: Protocol) -> Option<Vec<String>> {
         let c = r.command.as_ref()?;
         let problem = if protocol != Protocol::Mcp {
             Some("`command` starts a stdio MCP server: it needs `protocol = \"mcp\"`")

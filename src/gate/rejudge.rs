@@ -79,7 +79,9 @@ impl Gate {
                 let params = msg
                     .get_mut("params")
                     .and_then(Json::as_object_mut)
-                    .ok_or_else(|| GateError::Invalid("the stored MCP call has no params".into()))?;
+                    .ok_or_else(|| {
+                        GateError::Invalid("the stored MCP call has no params".into())
+                    })?;
                 params.insert("arguments".into(), new.clone());
                 serde_json::to_vec(&msg).map_err(|e| GateError::Invalid(e.to_string()))?
             }

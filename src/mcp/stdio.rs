@@ -80,9 +80,12 @@ impl Bridge {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
         };
-        tokio::spawn(crate::server::serve(listener, opts, stop_rx, move |req, conn| {
-            handle(shared.clone(), req, conn)
-        }));
+        tokio::spawn(crate::server::serve(
+            listener,
+            opts,
+            stop_rx,
+            move |req, conn| handle(shared.clone(), req, conn),
+        ));
         tracing::info!(route, %addr, "stdio MCP bridge listening");
         Ok(Bridge { addr, token, stop })
     }
@@ -144,7 +147,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>, _conn: Arc<ConnInfo>) -
         }
         (Method::GET, Some(s)) => events(&s),
         (Method::POST, s) => {
-            let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+                .collect()
+                .await
+            {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "message too large"),
             };
@@ -153,15 +159,28 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>, _conn: Arc<ConnInfo>) -
         (Method::GET | Method::DELETE, None) if session_id.is_some() => {
             plain(StatusCode::NOT_FOUND, "no such session")
         }
-        (Method::GET | Method::DELETE, None) => plain(StatusCode::BAD_REQUEST, "Mcp-Session-Id required"),
+        (Method::GET | Method::DELETE, None) => {
+            plain(StatusCode::BAD_REQUEST, "Mcp-Session-Id required")
+        }
         _ => plain(StatusCode::METHOD_NOT_ALLOWED, "POST, GET or DELETE"),
     }
 }
 
-async fn post(shared: &Arc<Shared>, session: Option<Arc<Session>>, named: bool, body: &[u8]) -> Response<Body> {
+async fn post(
+    shared: &Arc<Shared>,
+    session: Option<Arc<Session>>,
+    named: bool,
+    body: &[u8],
+) -> Response<Body> {
     let doc: Value = match serde_json::from_slice(body) {
         Ok(d) => d,
-        Err(e) => return rpc(StatusCode::BAD_REQUEST, &wire::error(None, wire::PARSE_ERROR, &e.to_string(), None), None),
+        Err(e) => {
+            return rpc(
+                StatusCode::BAD_REQUEST,
+                &wire::error(None, wire::PARSE_ERROR, &e.to_string(), None),
+                None,
+            )
+        }
     };
     let (batch, items) = match &doc {
         Value::Array(items) => (true, items.clone()),
@@ -174,7 +193,12 @@ async fn post(shared: &Arc<Shared>, session: Option<Arc<Session>>, named: bool, 
             let init = match items.as_slice() {
                 [m] if m.get("method").and_then(Value::as_str) == Some("initialize") => m.clone(),
                 _ => {
-                    let e = wire::error(None, wire::INVALID_REQUEST, "this stdio server needs `initialize` first (no Mcp-Session-Id given)", None);
+                    let e = wire::error(
+                        None,
+                        wire::INVALID_REQUEST,
+                        "this stdio server needs `initialize` first (no Mcp-Session-Id given)",
+                        None,
+                    );
                     return rpc(StatusCode::BAD_REQUEST, &e, None);
                 }
             };
@@ -229,7 +253,12 @@ async fn initialize(shared: &Arc<Shared>, init: Value) -> Response<Body> {
         }
         Err(e) => {
             tracing::warn!(route = %shared.route, error = %e, "stdio MCP server failed to start");
-            let e = wire::error(Some(&id), wire::INTERNAL_ERROR, &format!("the stdio MCP server did not start: {e}"), None);
+            let e = wire::error(
+                Some(&id),
+                wire::INTERNAL_ERROR,
+                &format!("the stdio MCP server did not start: {e}"),
+                None,
+            );
             return rpc(StatusCode::BAD_GATEWAY, &e, None);
         }
     };
@@ -300,13 +329,23 @@ async fn spawn(shared: &Arc<Shared>, session: &Arc<Session>) -> Result<(Proc, Va
             for k in keys {
                 if let Some((_, tx)) = pending.remove(&k) {
                     let id: Value = serde_json::from_str(&k).unwrap_or(Value::Null);
-                    let _ = tx.send(wire::error(Some(&id), wire::INTERNAL_ERROR, "the stdio MCP server exited during the call", None));
+                    let _ = tx.send(wire::error(
+                        Some(&id),
+                        wire::INTERNAL_ERROR,
+                        "the stdio MCP server exited during the call",
+                        None,
+                    ));
                 }
             }
             tracing::warn!(route = %route, "stdio MCP server exited");
         });
     }
-    let mut proc = Proc { stdin, pending, alive, _child: child };
+    let mut proc = Proc {
+        stdin,
+        pending,
+        alive,
+        _child: child,
+    };
     let init_id = session.init.get("id").cloned().unwrap_or(Value::Null);
     let answer = tokio::time::timeout(INIT_TIMEOUT, exchange(&mut proc, &session.init, &init_id))
         .await
@@ -323,13 +362,17 @@ async fn exchange(proc: &mut Proc, msg: &Value, id: &Value) -> Result<Value, Str
     let (tx, rx) = oneshot::channel();
     proc.pending.insert(id.to_string(), tx);
     write(proc, msg).await?;
-    rx.await.map_err(|_| "the stdio MCP server went away".to_string())
+    rx.await
+        .map_err(|_| "the stdio MCP server went away".to_string())
 }
 
 async fn write(proc: &mut Proc, msg: &Value) -> Result<(), String> {
     let mut line = msg.to_string().into_bytes();
     line.push(b'\n');
-    proc.stdin.write_all(&line).await.map_err(|e| e.to_string())?;
+    proc.stdin
+        .write_all(&line)
+        .await
+        .map_err(|e| e.to_string())?;
     proc.stdin.flush().await.map_err(|e| e.to_string())
 }
 
@@ -346,7 +389,10 @@ async fn live<'a>(
             b.1.saturating_duration_since(Instant::now())
         };
         if !wait.is_zero() {
-            return Err(format!("the stdio MCP server is restarting (next try in {} ms)", wait.as_millis()));
+            return Err(format!(
+                "the stdio MCP server is restarting (next try in {} ms)",
+                wait.as_millis()
+            ));
         }
         {
             let mut b = session.backoff.lock().map_err(|_| "poisoned")?;
@@ -377,7 +423,12 @@ async fn call(shared: &Arc<Shared>, session: &Arc<Session>, msg: &Value, id: &Va
         proc.pending.insert(id.to_string(), tx);
         if let Err(e) = write(proc, msg).await {
             proc.pending.remove(&id.to_string());
-            return wire::error(Some(id), wire::INTERNAL_ERROR, &format!("writing to the stdio MCP server failed: {e}"), None);
+            return wire::error(
+                Some(id),
+                wire::INTERNAL_ERROR,
+                &format!("writing to the stdio MCP server failed: {e}"),
+                None,
+            );
         }
         rx
     };
@@ -389,8 +440,18 @@ async fn call(shared: &Arc<Shared>, session: &Arc<Session>, msg: &Value, id: &Va
             }
             answer
         }
-        Ok(Err(_)) => wire::error(Some(id), wire::INTERNAL_ERROR, "the stdio MCP server went away", None),
-        Err(_) => wire::error(Some(id), wire::INTERNAL_ERROR, "the stdio MCP server did not answer in time", None),
+        Ok(Err(_)) => wire::error(
+            Some(id),
+            wire::INTERNAL_ERROR,
+            "the stdio MCP server went away",
+            None,
+        ),
+        Err(_) => wire::error(
+            Some(id),
+            wire::INTERNAL_ERROR,
+            "the stdio MCP server did not answer in time",
+            None,
+        ),
     }
 }
 
@@ -411,8 +472,10 @@ fn events(session: &Arc<Session>) -> Response<Body> {
         }
     });
     let mut resp = Response::new(BodyExt::boxed(ChannelBody(body_rx)));
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     resp
 }
 

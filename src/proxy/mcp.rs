@@ -46,7 +46,9 @@ pub(super) async fn serve(
     match *req.method() {
         Method::POST => {}
         // The server's event stream, and the end of a session.
-        Method::GET | Method::DELETE => return stream_or_end(p, route, req, agent, path, conn, ctx).await,
+        Method::GET | Method::DELETE => {
+            return stream_or_end(p, route, req, agent, path, conn, ctx).await
+        }
         _ => return Err(ProxyError::MethodNotAllowed),
     }
     let (mut parts, body) = req.into_parts();
@@ -55,26 +57,46 @@ pub(super) async fn serve(
         Err(e @ ProxyError::Body(_)) => {
             ctx.outcome = "bad_mcp";
             let msg = format!("the body is not a JSON-RPC message: {e}");
-            return Ok(answer_error(StatusCode::BAD_REQUEST, "bad_mcp", &WireError {
-                code: wire::PARSE_ERROR,
-                message: msg,
-                id: None,
-            }));
+            return Ok(answer_error(
+                StatusCode::BAD_REQUEST,
+                "bad_mcp",
+                &WireError {
+                    code: wire::PARSE_ERROR,
+                    message: msg,
+                    id: None,
+                },
+            ));
         }
         Err(e) => return Err(e),
     };
-    let doc = match read.judged.as_ref().map(|j| serde_json::from_slice::<Value>(&j.bytes)) {
+    let doc = match read
+        .judged
+        .as_ref()
+        .map(|j| serde_json::from_slice::<Value>(&j.bytes))
+    {
         Some(Ok(doc)) => doc,
         _ => {
             ctx.outcome = "bad_mcp";
-            return Ok(answer_error(StatusCode::BAD_REQUEST, "bad_mcp", &WireError {
-                code: wire::PARSE_ERROR,
-                message: "an MCP POST carries one JSON-RPC message (or a batch) as application/json".into(),
-                id: None,
-            }));
+            return Ok(answer_error(
+                StatusCode::BAD_REQUEST,
+                "bad_mcp",
+                &WireError {
+                    code: wire::PARSE_ERROR,
+                    message:
+                        "an MCP POST carries one JSON-RPC message (or a batch) as application/json"
+                            .into(),
+                    id: None,
+                },
+            ));
         }
     };
-    let req = Incoming { p, route, agent, path, conn };
+    let req = Incoming {
+        p,
+        route,
+        agent,
+        path,
+        conn,
+    };
     if let Value::Array(items) = &doc {
         return batch(&req, parts, read, items, ctx).await;
     }
@@ -92,7 +114,11 @@ pub(super) async fn serve(
             Message::Request { id, .. } => Some(id.clone()),
             _ => None,
         };
-        let e = WireError { code: wire::INVALID_REQUEST, message: why, id };
+        let e = WireError {
+            code: wire::INVALID_REQUEST,
+            message: why,
+            id,
+        };
         return Ok(answer_error(StatusCode::BAD_REQUEST, "bad_mcp", &e));
     }
     let id = match msg {
@@ -100,10 +126,16 @@ pub(super) async fn serve(
         _ => None,
     };
     let step = match msg {
-        Message::Request { id, method: "tools/call", params } => {
-            tool_call(&req, parts, read, id, params, ctx).await
-        }
-        Message::Request { id, method: m @ ("tasks/get" | "tasks/result" | "tasks/cancel"), params } => {
+        Message::Request {
+            id,
+            method: "tools/call",
+            params,
+        } => tool_call(&req, parts, read, id, params, ctx).await,
+        Message::Request {
+            id,
+            method: m @ ("tasks/get" | "tasks/result" | "tasks/cancel"),
+            params,
+        } => {
             let task_id = params.and_then(|p| p.get("taskId")).and_then(Value::as_str);
             match hold::own_task(p, agent, task_id).await? {
                 Some(a) => {
@@ -144,17 +176,35 @@ async fn stream_or_end(
 ) -> Result<Step, ProxyError> {
     let (mut parts, _) = req.into_parts();
     crate::http_util::headers::strip_hop_by_hop(&mut parts.headers);
-    let what = if parts.method == Method::GET { "stream" } else { "session/delete" };
-    record::passthrough(p, (&ctx.id, &ctx.span), agent, route, (parts.method.as_str(), &path), &[what], None)
-        .await?;
+    let what = if parts.method == Method::GET {
+        "stream"
+    } else {
+        "session/delete"
+    };
+    record::passthrough(
+        p,
+        (&ctx.id, &ctx.span),
+        agent,
+        route,
+        (parts.method.as_str(), &path),
+        &[what],
+        None,
+    )
+    .await?;
     ctx.outcome = "passthrough";
     if parts.method == Method::DELETE {
-        if let Some(s) = parts.headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+        if let Some(s) = parts
+            .headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+        {
             route.task_sessions.remove(s);
         }
     }
     let resp = forward::forward(p, route, parts, full(bytes::Bytes::new()), conn, &ctx.span).await;
-    Ok(Step::Answer(resp.unwrap_or_else(|e| error_response(&e, None))))
+    Ok(Step::Answer(
+        resp.unwrap_or_else(|e| error_response(&e, None)),
+    ))
 }
 
 /// Anything but a `tools/call`: recorded as a call of its method, sent on
@@ -167,8 +217,14 @@ async fn passthrough(
     ctx: &mut Ctx,
 ) -> Result<Step, ProxyError> {
     let p = req.p;
-    let methods: Vec<&str> = msgs.iter().map(|m| m.method().unwrap_or("response")).collect();
-    let sha = read.judged.as_ref().map(|j| crate::digest::body_sha256(&j.bytes));
+    let methods: Vec<&str> = msgs
+        .iter()
+        .map(|m| m.method().unwrap_or("response"))
+        .collect();
+    let sha = read
+        .judged
+        .as_ref()
+        .map(|j| crate::digest::body_sha256(&j.bytes));
     record::passthrough(
         p,
         (&ctx.id, &ctx.span),
@@ -225,7 +281,15 @@ async fn tool_call(
     ctx.span.set("latch.tool", tc.name);
     let annotations = relay::hints(req.route, &parts, req.conn, tc.name, params).await;
     let action = mcp_action(req.route, &tc, annotations);
-    let mut call = call::build(p, req.route, req.agent, &parts, req.path.clone(), &read, Some(action))?;
+    let mut call = call::build(
+        p,
+        req.route,
+        req.agent,
+        &parts,
+        req.path.clone(),
+        &read,
+        Some(action),
+    )?;
     let policy_span = p.tracer.child("latch.policy", &ctx.span);
     let verdict = evaluate::evaluate(p, &mut call, true, ctx).await;
     drop(policy_span);
@@ -238,7 +302,12 @@ async fn tool_call(
         policy: verdict.policy.hash(),
         span: &ctx.span,
     };
-    let Verdict { decision, shadowed, grant, .. } = verdict;
+    let Verdict {
+        decision,
+        shadowed,
+        grant,
+        ..
+    } = verdict;
     let watch = Watch::reply_to(id);
     match (decision.action, shadowed) {
         (_, Some(would)) => {
@@ -256,7 +325,10 @@ async fn tool_call(
         }
         (Action::Gate, None) => {
             ctx.span.set("latch.approval_id", ctx.id.as_str());
-            let session = parts.headers.get("mcp-session-id").and_then(|v| v.to_str().ok());
+            let session = parts
+                .headers
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok());
             let task = tc.task
                 || tc.declares_tasks
                 || session.is_some_and(|s| req.route.task_sessions.contains(s));
@@ -304,7 +376,11 @@ async fn batch(
     let p = req.p;
     if items.is_empty() {
         ctx.outcome = "bad_mcp";
-        let e = WireError { code: wire::INVALID_REQUEST, message: "an empty batch".into(), id: None };
+        let e = WireError {
+            code: wire::INVALID_REQUEST,
+            message: "an empty batch".into(),
+            id: None,
+        };
         return Ok(answer_error(StatusCode::BAD_REQUEST, "bad_mcp", &e));
     }
     let mut msgs = Vec::with_capacity(items.len());
@@ -319,31 +395,60 @@ async fn batch(
         }
     }
     // Judge every tool call first; nothing is recorded or sent until all are.
-    let mut judged: Vec<(usize, String, Result<Verdict, WireError>, Option<call::Call<'_>>)> = Vec::new();
+    let mut judged: Vec<Judged<'_>> = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
-        let Message::Request { id, method: "tools/call", params } = m else {
+        let Message::Request {
+            id,
+            method: "tools/call",
+            params,
+        } = m
+        else {
             continue;
         };
         let decision_id = format!("{}-{i}", ctx.id);
         let tc = match wire::tool_call(id, *params) {
             Ok(tc) => tc,
             Err(e) => {
-                judged.push((i, decision_id, Err(e), None));
+                judged.push(Judged {
+                    index: i,
+                    decision_id,
+                    verdict: Err(e),
+                    call: None,
+                });
                 continue;
             }
         };
         let annotations = relay::hints(req.route, &parts, req.conn, tc.name, *params).await;
         let action = mcp_action(req.route, &tc, annotations);
-        let mut call = call::build(p, req.route, req.agent, &parts, req.path.clone(), &read, Some(action))?;
+        let mut call = call::build(
+            p,
+            req.route,
+            req.agent,
+            &parts,
+            req.path.clone(),
+            &read,
+            Some(action),
+        )?;
         let verdict = evaluate::evaluate(p, &mut call, true, ctx).await;
-        judged.push((i, decision_id, Ok(verdict), Some(call)));
+        judged.push(Judged {
+            index: i,
+            decision_id,
+            verdict: Ok(verdict),
+            call: Some(call),
+        });
     }
-    let all_allowed = judged.iter().all(|(_, _, v, _)| {
-        matches!(v, Ok(v) if v.decision.action == Action::Allow || v.shadowed.is_some())
+    let all_allowed = judged.iter().all(|j| {
+        matches!(&j.verdict, Ok(v) if v.decision.action == Action::Allow || v.shadowed.is_some())
     });
     // Record each decision as carried out.
     let mut answers: Vec<(usize, Value)> = Vec::new();
-    for (i, decision_id, verdict, call) in &judged {
+    for Judged {
+        index: i,
+        decision_id,
+        verdict,
+        call,
+    } in &judged
+    {
         let (Ok(v), Some(call)) = (verdict, call) else {
             if let Err(e) = verdict {
                 answers.push((*i, e.to_json()));
@@ -387,10 +492,24 @@ async fn batch(
             .copied()
             .collect();
         if !others.is_empty() {
-            let methods: Vec<&str> = others.iter().map(|m| m.method().unwrap_or("response")).collect();
-            let sha = read.judged.as_ref().map(|j| crate::digest::body_sha256(&j.bytes));
-            record::passthrough(p, (&ctx.id, &ctx.span), req.agent, req.route, (parts.method.as_str(), &req.path), &methods, sha.as_deref())
-                .await?;
+            let methods: Vec<&str> = others
+                .iter()
+                .map(|m| m.method().unwrap_or("response"))
+                .collect();
+            let sha = read
+                .judged
+                .as_ref()
+                .map(|j| crate::digest::body_sha256(&j.bytes));
+            record::passthrough(
+                p,
+                (&ctx.id, &ctx.span),
+                req.agent,
+                req.route,
+                (parts.method.as_str(), &req.path),
+                &methods,
+                sha.as_deref(),
+            )
+            .await?;
         }
         ctx.outcome = "allow";
         return send(req, parts, read, &Watch::of(&msgs), ctx).await;
@@ -407,7 +526,24 @@ async fn batch(
     }
     answers.sort_by_key(|(i, _)| *i);
     let body = Value::Array(answers.into_iter().map(|(_, v)| v).collect());
-    Ok(Step::Answer(json_answer(StatusCode::OK, &body, Some("deny"), None)))
+    Ok(Step::Answer(json_answer(
+        StatusCode::OK,
+        &body,
+        Some("deny"),
+        None,
+    )))
+}
+
+/// One `tools/call` of a batch, judged.
+struct Judged<'r> {
+    /// Its place in the batch.
+    index: usize,
+    /// Its decision record's id.
+    decision_id: String,
+    /// The verdict, or why the call is malformed.
+    verdict: Result<Verdict, WireError>,
+    /// The call as judged.
+    call: Option<call::Call<'r>>,
 }
 
 /// The policy's decision, turned into a refusal of a call in a batch.
@@ -452,7 +588,12 @@ fn refusal_json(id: &Value, decision_id: &str, d: &Decision, what: &str) -> Valu
 }
 
 fn refusal(id: &Value, decision_id: &str, d: &Decision, what: &'static str) -> Response<Body> {
-    json_answer(StatusCode::OK, &refusal_json(id, decision_id, d, what), Some(what), None)
+    json_answer(
+        StatusCode::OK,
+        &refusal_json(id, decision_id, d, what),
+        Some(what),
+        None,
+    )
 }
 
 /// A JSON-RPC document Latch answers itself.
@@ -481,7 +622,11 @@ fn answer_error(status: StatusCode, code: &'static str, e: &WireError) -> Step {
 /// A proxy error, said in JSON-RPC to the request with `id`.
 fn error_response(e: &ProxyError, id: Option<&Value>) -> Response<Body> {
     let (status, code) = e.status_and_code();
-    let rpc = if status.is_server_error() { wire::INTERNAL_ERROR } else { wire::INVALID_REQUEST };
+    let rpc = if status.is_server_error() {
+        wire::INTERNAL_ERROR
+    } else {
+        wire::INVALID_REQUEST
+    };
     let body = wire::error(id, rpc, &e.to_string(), Some(json!({"latch/code": code})));
     json_answer(status, &body, None, Some(code))
 }

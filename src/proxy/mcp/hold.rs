@@ -85,8 +85,14 @@ pub(in crate::proxy) async fn wait(p: &Proxy, mut w: Waiting) -> Response<Body> 
         tokio::spawn(stream(p.gate.clone(), p.progress, w, tx));
         let mut resp = Response::new(ChannelBody(rx).boxed());
         let h = resp.headers_mut();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
         h.insert("latch-decision", HeaderValue::from_static("gate"));
         approval_header(&mut resp, &id);
         return resp;
@@ -117,7 +123,11 @@ async fn stream(gate: Gate, every: Duration, mut w: Waiting, tx: mpsc::Sender<By
                 Err(_) => "waiting for approval".to_string(),
             };
             n += 1;
-            if tx.send(wire::sse_event(&wire::progress(token, n, &text))).await.is_err() {
+            if tx
+                .send(wire::sse_event(&wire::progress(token, n, &text)))
+                .await
+                .is_err()
+            {
                 return; // the client left: dropping `w` cancels
             }
         }
@@ -150,7 +160,12 @@ fn store_down(id: &Value) -> Response<Body> {
         "the approval store is unavailable",
         Some(json!({"latch/code": "store_unavailable"})),
     );
-    json_answer(StatusCode::SERVICE_UNAVAILABLE, &doc, None, Some("store_unavailable"))
+    json_answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &doc,
+        None,
+        Some("store_unavailable"),
+    )
 }
 
 fn approval_header(resp: &mut Response<Body>, id: &str) {
@@ -180,7 +195,11 @@ pub(super) fn waiting_text(a: &Approval, now: i64) -> String {
 }
 
 /// The answer a final approval gives the client (and its decision header).
-pub(super) fn final_message(a: &Approval, reply_id: &Value, task: Option<&str>) -> (Value, &'static str) {
+pub(super) fn final_message(
+    a: &Approval,
+    reply_id: &Value,
+    task: Option<&str>,
+) -> (Value, &'static str) {
     let refused = |what: &'static str, lines: Vec<String>, code: &str| {
         let mut meta = Map::new();
         meta.insert("latch/approval_id".into(), a.id.as_str().into());
@@ -209,11 +228,18 @@ pub(super) fn final_message(a: &Approval, reply_id: &Value, task: Option<&str>) 
         ),
         State::Failed => refused(
             "approved",
-            vec![format!("This tool call was approved, but sending it to the server failed: {outcome}")],
+            vec![format!(
+                "This tool call was approved, but sending it to the server failed: {outcome}"
+            )],
             "execution_failed",
         ),
         State::Pending | State::Approved | State::Executing => {
-            let doc = wire::error(Some(reply_id), wire::INTERNAL_ERROR, "the approval is not final", None);
+            let doc = wire::error(
+                Some(reply_id),
+                wire::INTERNAL_ERROR,
+                "the approval is not final",
+                None,
+            );
             (doc, "gate")
         }
     }
@@ -314,7 +340,9 @@ pub(super) async fn task_request(
         }
         "tasks/result" => final_message(&a, id, Some(&a.id)).0,
         "tasks/cancel" => {
-            p.gate.cancel(&a.id, "cancelled by the agent (tasks/cancel)").await;
+            p.gate
+                .cancel(&a.id, "cancelled by the agent (tasks/cancel)")
+                .await;
             let a = p.gate.approval(&a.id).await?;
             wire::result(id, Value::Object(wire::task_fields(&task_state(&a, now))))
         }

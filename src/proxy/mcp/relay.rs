@@ -98,7 +98,10 @@ pub(super) async fn relay(
         .and_then(|v| v.to_str().ok());
     let Some(framing) = Framing::of(content_type) else {
         let what = content_type.unwrap_or("no Content-Type").to_string();
-        return not_mcp(watch, &format!("the MCP server answered with {what}, not JSON or an event stream"));
+        return not_mcp(
+            watch,
+            &format!("the MCP server answered with {what}, not JSON or an event stream"),
+        );
     };
     if framing == Framing::Sse && !watch.rewrites() {
         return resp;
@@ -107,23 +110,42 @@ pub(super) async fn relay(
     let read = Limited::new(body, MAX_ANSWER).collect();
     let bytes = match tokio::time::timeout(route.config.timeout, read).await {
         Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) => return not_mcp(watch, &format!("reading the MCP server's answer failed: {e}")),
+        Ok(Err(e)) => {
+            return not_mcp(
+                watch,
+                &format!("reading the MCP server's answer failed: {e}"),
+            )
+        }
         Err(_) => return not_mcp(watch, "the MCP server's answer did not end in time"),
     };
     let mut msgs = match wire::messages(framing, &bytes) {
         Ok(m) => m,
-        Err(e) => return not_mcp(watch, &format!("the MCP server's answer is not JSON-RPC: {e}")),
+        Err(e) => {
+            return not_mcp(
+                watch,
+                &format!("the MCP server's answer is not JSON-RPC: {e}"),
+            )
+        }
     };
     if let Some(bad) = msgs.iter().find(|m| wire::message(m).is_err()) {
-        let why = wire::message(bad).err().map(|e| e.message).unwrap_or_default();
-        return not_mcp(watch, &format!("the MCP server's answer is not JSON-RPC: {why}"));
+        let why = wire::message(bad)
+            .err()
+            .map(|e| e.message)
+            .unwrap_or_default();
+        return not_mcp(
+            watch,
+            &format!("the MCP server's answer is not JSON-RPC: {why}"),
+        );
     }
     if !watch.rewrites() {
         return Response::from_parts(parts, full(bytes));
     }
     rewrite(p, route, agent, &mut msgs, watch).await;
     if watch.init_with_tasks.is_some() {
-        let session = parts.headers.get("mcp-session-id").or_else(|| sent.get("mcp-session-id"));
+        let session = parts
+            .headers
+            .get("mcp-session-id")
+            .or_else(|| sent.get("mcp-session-id"));
         if let Some(s) = session.and_then(|v| v.to_str().ok()) {
             route.task_sessions.insert(s.to_string());
         }
@@ -137,7 +159,11 @@ pub(super) async fn relay(
             };
             Bytes::from(doc.to_string())
         }
-        Framing::Sse => msgs.iter().flat_map(|m| wire::sse_event(m).to_vec()).collect::<Vec<u8>>().into(),
+        Framing::Sse => msgs
+            .iter()
+            .flat_map(|m| wire::sse_event(m).to_vec())
+            .collect::<Vec<u8>>()
+            .into(),
     };
     parts.headers.remove(http::header::CONTENT_LENGTH);
     Response::from_parts(parts, full(out))
@@ -145,8 +171,18 @@ pub(super) async fn relay(
 
 fn not_mcp(watch: &Watch, why: &str) -> Response<Body> {
     tracing::warn!(reason = why, "MCP upstream answer refused");
-    let body = wire::error(watch.reply_id.as_ref(), wire::INTERNAL_ERROR, why, Some(json!({"latch/code": "upstream_not_mcp"})));
-    json_answer(StatusCode::BAD_GATEWAY, &body, None, Some("upstream_not_mcp"))
+    let body = wire::error(
+        watch.reply_id.as_ref(),
+        wire::INTERNAL_ERROR,
+        why,
+        Some(json!({"latch/code": "upstream_not_mcp"})),
+    );
+    json_answer(
+        StatusCode::BAD_GATEWAY,
+        &body,
+        None,
+        Some("upstream_not_mcp"),
+    )
 }
 
 async fn rewrite(p: &Proxy, route: &Route, agent: &Principal, msgs: &mut [Value], watch: &Watch) {
@@ -159,10 +195,14 @@ async fn rewrite(p: &Proxy, route: &Route, agent: &Principal, msgs: &mut [Value]
                 filter_tools(p, route, agent, tools).await;
             }
         } else if watch.init_with_tasks.as_ref() == Some(&id) {
-            if let Some(caps) = m.pointer_mut("/result/capabilities").and_then(Value::as_object_mut) {
+            if let Some(caps) = m
+                .pointer_mut("/result/capabilities")
+                .and_then(Value::as_object_mut)
+            {
                 let ext = caps.entry("extensions").or_insert_with(|| json!({}));
                 if let Some(ext) = ext.as_object_mut() {
-                    ext.entry(wire::TASKS_EXTENSION).or_insert_with(|| json!({}));
+                    ext.entry(wire::TASKS_EXTENSION)
+                        .or_insert_with(|| json!({}));
                 }
             }
         }
@@ -184,7 +224,10 @@ async fn filter_tools(p: &Proxy, route: &Route, agent: &Principal, tools: &mut V
     }
     let set = p.policy.current();
     let visible = tokio::task::spawn_blocking(move || {
-        inputs.into_iter().map(|i| set.tool_visible(i)).collect::<Vec<bool>>()
+        inputs
+            .into_iter()
+            .map(|i| set.tool_visible(i))
+            .collect::<Vec<bool>>()
     })
     .await
     .unwrap_or_default();
@@ -200,13 +243,21 @@ fn annotations(tool: &Value) -> regorus::Value {
 }
 
 /// The input `data.latch.tool_visible` is asked with, for one tool.
-fn visibility_input(route: &Route, agent: &Principal, tool: &str, hints: regorus::Value) -> regorus::Value {
+fn visibility_input(
+    route: &Route,
+    agent: &Principal,
+    tool: &str,
+    hints: regorus::Value,
+) -> regorus::Value {
     object([
         ("route", route.input.clone()),
         ("agent", agent.input.clone()),
         (
             "action",
-            object([("tool", regorus::Value::from(tool)), ("args", regorus::Value::new_object())]),
+            object([
+                ("tool", regorus::Value::from(tool)),
+                ("args", regorus::Value::new_object()),
+            ]),
         ),
         ("mcp", mcp_facts("tools/list", &route.config.name, hints)),
         ("now", now_facts(chrono::Utc::now())),
@@ -252,8 +303,14 @@ async fn fetch_hints(
     params: Option<&Map<String, Value>>,
 ) -> Result<(), String> {
     let mut headers = HeaderMap::new();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::ACCEPT,
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
     for h in ["mcp-session-id", "mcp-protocol-version", "traceparent"] {
         if let Some(v) = parts.headers.get(h) {
             headers.insert(h, v.clone());
@@ -280,7 +337,8 @@ async fn fetch_hints(
         if let Some(c) = &cursor {
             params["cursor"] = c.clone();
         }
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params}).to_string();
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params})
+            .to_string();
         let mut headers = headers.clone();
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let call = Call {
@@ -298,12 +356,22 @@ async fn fetch_hints(
             .iter()
             .find(|(k, _)| k == "content-type")
             .and_then(|(_, v)| Framing::of(Some(v)))
-            .ok_or_else(|| format!("tools/list answered HTTP {} without MCP content", answer.status))?;
+            .ok_or_else(|| {
+                format!(
+                    "tools/list answered HTTP {} without MCP content",
+                    answer.status
+                )
+            })?;
         let msgs = wire::messages(framing, &answer.body)?;
         let result = wire::response_to(&msgs, &id)
             .and_then(|r| r.get("result"))
             .ok_or("tools/list got no result")?;
-        for t in result.get("tools").and_then(Value::as_array).into_iter().flatten() {
+        for t in result
+            .get("tools")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(name) = t.get("name").and_then(Value::as_str) {
                 route.tool_hints.insert(name.to_string(), annotations(t));
             }
