@@ -70,17 +70,23 @@ class Session:
             if not kind.startswith("text/event-stream"):
                 resp.read()
                 raise RuntimeError(f"not an MCP answer: HTTP {resp.status_code} {kind}")
+            # Each event's data is one JSON-RPC message (split over
+            # `data:` lines at most); some httpx versions drop the blank
+            # line that ends an event, so an event ends when its data parses.
             data = []
             for line in resp.iter_lines():
-                if line.startswith("data:"):
-                    data.append(line[5:].strip())
-                elif line == "" and data:
+                if not line.startswith("data:"):
+                    continue
+                data.append(line[5:].strip())
+                try:
                     event = json.loads("\n".join(data))
-                    data = []
-                    if event.get("id") == msg["id"] and "method" not in event:
-                        return event
-                    if on_event:
-                        on_event(event)
+                except ValueError:
+                    continue
+                data = []
+                if event.get("id") == msg["id"] and "method" not in event:
+                    return event
+                if on_event:
+                    on_event(event)
         raise RuntimeError(f"the stream ended without an answer to {method}")
 
     def notify(self, method):
