@@ -69,7 +69,7 @@ fn every_example_pack_passes_its_case_tables() {
             packs += 1;
         }
     }
-    assert_eq!(packs, 3);
+    assert_eq!(packs, 4);
 }
 
 #[test]
