@@ -10,28 +10,14 @@
 //! Then prompt fetches (`GET /latch/v1/prompts/<name>?label=…` on the proxy
 //! listener, the registry's memory cache) in the same closed loop.
 
+mod load;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use latch::testing::{fixed_upstream, free_addr, wait_for, Proc};
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use load::{closed_loop, compare, env_u64, find, fixed_rate, get};
 
 fn free_port() -> u16 {
     free_addr().port()
@@ -209,104 +195,6 @@ http {{
     Some((proc, addr))
 }
 
-async fn one(client: &HttpClient, url: &str) -> Option<Duration> {
-    let req = Request::get(url)
-        .header("authorization", "Bearer bench-token")
-        .body(Empty::new())
-        .ok()?;
-    let start = Instant::now();
-    let resp = client.request(req).await.ok()?;
-    let ok = resp.status() == StatusCode::OK;
-    resp.into_body().collect().await.ok()?;
-    ok.then(|| start.elapsed())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
-}
-
-struct Result {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-/// Closed loop: `conns` workers send back to back for `secs`.
-async fn closed_loop(url: &str, conns: u64, secs: u64) -> Result {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    let start = Instant::now();
-    for _ in 0..conns {
-        let client = client.clone();
-        let url = url.to_string();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut lat, mut errors) = (Vec::new(), 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                match one(&client, &url).await {
-                    Some(d) => lat.push(d),
-                    None => errors += 1,
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await.expect("worker");
-        all.extend(l);
-        errors += e;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort();
-    Result {
-        rps: all.len() as f64 / elapsed,
-        p50_ms: percentile(&all, 0.5),
-        p99_ms: percentile(&all, 0.99),
-        errors,
-    }
-}
-
-/// Open loop at a fixed rate: requests start on schedule whatever the
-/// previous ones do, so queueing shows in the latency.
-async fn fixed_rate(url: &str, rate: u64, secs: u64) -> Result {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let total = rate * secs;
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let due = start + interval * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let client = client.clone();
-        let url = url.to_string();
-        tasks.push(tokio::spawn(async move { one(&client, &url).await }));
-    }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        match t.await.expect("request") {
-            Some(d) => all.push(d),
-            None => errors += 1,
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort();
-    Result {
-        rps: all.len() as f64 / elapsed,
-        p50_ms: percentile(&all, 0.5),
-        p99_ms: percentile(&all, 0.99),
-        errors,
-    }
-}
-
 fn main() {
     // `cargo test` runs benches only with --benches; ignore criterion-style flags.
     if std::env::args().any(|a| a == "--list") {
@@ -323,73 +211,19 @@ fn main() {
     let nginx = start_nginx(dir.path(), upstream);
 
     let mut targets = vec![
-        ("direct", format!("http://{upstream}/search?q=rego")),
-        ("latch", format!("http://{latch_addr}/tools/search?q=rego")),
+        ("direct", get(format!("http://{upstream}/search?q=rego"))),
+        (
+            "latch",
+            get(format!("http://{latch_addr}/tools/search?q=rego")),
+        ),
     ];
     if let Some((_, addr)) = &nginx {
-        targets.push(("nginx", format!("http://{addr}/tools/search/?q=rego")));
+        targets.push(("nginx", get(format!("http://{addr}/tools/search/?q=rego"))));
     } else {
         eprintln!("nginx not found (apt-get install nginx-light); skipping the nginx comparison");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
-    println!("phase        target   req/s      p50 ms   p99 ms   errors");
-    // Warm up connection pools and caches.
-    for (_, url) in &targets {
-        rt.block_on(closed_loop(url, 4, 1));
-    }
-    // Fixed-rate rounds interleave the targets, so a passing hiccup of the
-    // shared machine hits one round of each rather than one target.
-    let mut rounds: Vec<Vec<Result>> = targets.iter().map(|_| Vec::new()).collect();
-    for round in 0..rounds_n {
-        for (i, (name, url)) in targets.iter().enumerate() {
-            let r = rt.block_on(fixed_rate(url, rate, secs));
-            println!(
-                "rate={rate:<6} {name:<8} {:>9.0} {:>8.3} {:>8.3} {:>8}   (round {})",
-                r.rps,
-                r.p50_ms,
-                r.p99_ms,
-                r.errors,
-                round + 1
-            );
-            rounds[i].push(r);
-        }
-    }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let mut fixed = Vec::new();
-    for ((name, _), rs) in targets.iter().zip(rounds) {
-        let r = Result {
-            rps: median(rs.iter().map(|r| r.rps).collect()),
-            p50_ms: median(rs.iter().map(|r| r.p50_ms).collect()),
-            p99_ms: median(rs.iter().map(|r| r.p99_ms).collect()),
-            errors: rs.iter().map(|r| r.errors).sum(),
-        };
-        println!(
-            "median       {name:<8} {:>9.0} {:>8.3} {:>8.3} {:>8}",
-            r.rps, r.p50_ms, r.p99_ms, r.errors
-        );
-        fixed.push((name.to_string(), r));
-    }
-    let mut closed = Vec::new();
-    for (name, url) in &targets {
-        let r = rt.block_on(closed_loop(url, conns, secs));
-        println!(
-            "conns={conns:<5} {name:<8} {:>9.0} {:>8.3} {:>8.3} {:>8}",
-            r.rps, r.p50_ms, r.p99_ms, r.errors
-        );
-        closed.push((name.to_string(), r));
-    }
-    let find = |v: &Vec<(String, Result)>, n: &str| {
-        v.iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, r)| (r.rps, r.p50_ms, r.p99_ms))
-    };
+    let rt = load::runtime();
+    let (fixed, closed) = compare(&rt, &targets, (rate, secs, rounds_n, conns));
     if let (Some(d), Some(l)) = (find(&fixed, "direct"), find(&fixed, "latch")) {
         println!(
             "at {rate} req/s Latch adds p50 {:+.3} ms, p99 {:+.3} ms over direct",
@@ -412,7 +246,9 @@ fn main() {
     let answered = answered_allows(admin_addr);
 
     // Prompt fetches: served from the registry's cache on the proxy listener.
-    let prompt = format!("http://{latch_addr}/latch/v1/prompts/reply?label=bench");
+    let prompt = get(format!(
+        "http://{latch_addr}/latch/v1/prompts/reply?label=bench"
+    ));
     rt.block_on(closed_loop(&prompt, 4, 1));
     let r = rt.block_on(closed_loop(&prompt, conns, secs));
     println!(
