@@ -155,6 +155,8 @@ pub async fn serve_http(listener: tokio::net::TcpListener, host: CodeHost) -> an
         StreamableHttpService::new(move || Ok(host.clone()), Default::default(), config);
     loop {
         let (stream, _) = listener.accept().await?;
+        // Event streams go out in small writes: no Nagle delay between them.
+        stream.set_nodelay(true)?;
         let svc = hyper_util::service::TowerToHyperService::new(service.clone());
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
