@@ -831,3 +831,101 @@ async fn a_stdio_server_is_served_over_streamable_http_and_restarted_when_it_die
         ]
     );
 }
+
+#[tokio::test]
+async fn tasks_requested_per_call_can_be_waited_for_or_cancelled() {
+    let (upstream, log) = http_server().await;
+    let latch = latch_for(&upstream).await;
+    let p = latch.proxy();
+    let s = session(p).await;
+    let transfer = |id: u64, amount: u64| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"transfer_credits","arguments":{{"to":"t","amount":{amount}}},"task":{{"ttl":60000}}}}}}"#
+        )
+    };
+    let created = post(p, Some(&s), &transfer(1, 300), &[]).await;
+    assert_eq!(created.header("latch-decision"), "gate");
+    let task = created.json()["result"].clone();
+    assert_eq!(task["resultType"], "task", "{task}");
+    let first = task["taskId"].as_str().unwrap().to_string();
+    assert_eq!(
+        task["task"]["taskId"],
+        first.as_str(),
+        "2025-11-25 clients read `task`"
+    );
+
+    let get = |id: &str| {
+        format!(r#"{{"jsonrpc":"2.0","id":2,"method":"tasks/get","params":{{"taskId":"{id}"}}}}"#)
+    };
+    assert_eq!(
+        post(p, Some(&s), &get(&first), &[]).await.json()["result"]["status"],
+        "working"
+    );
+    let cancel = format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"tasks/cancel","params":{{"taskId":"{first}"}}}}"#
+    );
+    let cancelled = post(p, Some(&s), &cancel, &[]).await;
+    assert_eq!(
+        cancelled.json()["result"]["status"],
+        "cancelled",
+        "{}",
+        cancelled.json()
+    );
+    testing::wait_state(latch.admin(), &first, "cancelled").await;
+
+    // Another agent cannot read this agent's task: it is passed on to the
+    // server, which knows no such task.
+    let other = testing::send(
+        http::Request::post(format!("http://{p}{ROUTE}"))
+            .header("authorization", "Bearer bot2-token")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", s.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::from(get(&first))))
+            .unwrap(),
+    )
+    .await;
+    assert_ne!(other.header("latch-decision"), "gate");
+
+    // tasks/result waits for the verdict, then answers with the result.
+    let second = post(p, Some(&s), &transfer(4, 200), &[]).await.json()["result"]["taskId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let result = format!(
+        r#"{{"jsonrpc":"2.0","id":5,"method":"tasks/result","params":{{"taskId":"{second}"}}}}"#
+    );
+    let waiting = tokio::spawn(async move {
+        let req = testing::agent_request("POST", p, ROUTE)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .header("mcp-session-id", s.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::from(result)))
+            .unwrap();
+        testing::send(req).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = testing::admin(
+        latch.admin(),
+        "POST",
+        &format!("/api/v1/approvals/{second}/approve"),
+        "alice-token",
+        "{}",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let answer = waiting.await.unwrap().json();
+    assert_eq!(answer["id"], 5);
+    assert_eq!(
+        answer["result"]["content"][0]["text"],
+        "moved 200 credits to \"t\""
+    );
+    assert_eq!(
+        answer["result"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"],
+        second.as_str()
+    );
+    assert_eq!(
+        log.calls(),
+        vec![json!({"name": "transfer_credits", "arguments": {"to": "t", "amount": 200}})]
+    );
+}

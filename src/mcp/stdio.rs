@@ -43,6 +43,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Largest message accepted from a client.
 const MAX_BODY: usize = 16 << 20;
+/// A session nobody used for this long is ended (its child stopped).
+const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 
 /// A running bridge for one route.
 pub struct Bridge {
@@ -62,6 +64,16 @@ impl Drop for Bridge {
 impl Bridge {
     /// Listen on loopback and serve `command` (run in `dir`) for `route`.
     pub async fn start(route: &str, command: Vec<String>, dir: &Path) -> anyhow::Result<Bridge> {
+        Self::start_with(route, command, dir, SESSION_IDLE).await
+    }
+
+    /// [`Bridge::start`], ending sessions idle for `idle`.
+    pub async fn start_with(
+        route: &str,
+        command: Vec<String>,
+        dir: &Path,
+        idle: Duration,
+    ) -> anyhow::Result<Bridge> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let token = uuid::Uuid::new_v4().simple().to_string();
@@ -80,6 +92,7 @@ impl Bridge {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
         };
+        tokio::spawn(reap(shared.clone(), idle));
         tokio::spawn(crate::server::serve(
             listener,
             opts,
@@ -112,6 +125,38 @@ struct Session {
     child: Mutex<Option<Proc>>,
     events: broadcast::Sender<Value>,
     backoff: std::sync::Mutex<(Duration, Instant)>,
+    /// Last request, for idle reaping.
+    used: std::sync::Mutex<Instant>,
+}
+
+impl Session {
+    fn touch(&self) {
+        if let Ok(mut t) = self.used.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    fn idle(&self) -> Duration {
+        self.used.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
+}
+
+/// End sessions idle longer than `idle` (dropping one stops its child).
+async fn reap(shared: Arc<Shared>, idle: Duration) {
+    let mut stop = shared.stop.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(idle / 10) => {}
+            _ = stop.changed() => return,
+        }
+        shared.sessions.retain(|id, s| {
+            let keep = s.idle() < idle;
+            if !keep {
+                tracing::info!(route = %shared.route, session = %id, "ending an idle stdio MCP session");
+            }
+            keep
+        });
+    }
 }
 
 /// A child process and what waits on it.
@@ -138,6 +183,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>, _conn: Arc<ConnInfo>) -
     let session = session_id
         .as_ref()
         .and_then(|id| shared.sessions.get(id).map(|s| s.clone()));
+    if let Some(s) = &session {
+        s.touch();
+    }
     match (req.method().clone(), session) {
         (Method::DELETE, Some(_)) => {
             if let Some(id) = &session_id {
@@ -243,6 +291,7 @@ async fn initialize(shared: &Arc<Shared>, init: Value) -> Response<Body> {
         child: Mutex::new(None),
         events,
         backoff: std::sync::Mutex::new((Duration::ZERO, Instant::now())),
+        used: std::sync::Mutex::new(Instant::now()),
     });
     let id = init.get("id").cloned().unwrap_or(Value::Null);
     let mut slot = session.child.lock().await;
@@ -513,4 +562,74 @@ pub async fn start_all(
         bridges.push(b);
     }
     Ok(bridges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "server" that answers every line with an empty result for id 0.
+    fn answering_shell() -> Vec<String> {
+        let script = r#"while read -r line; do echo '{"jsonrpc":"2.0","id":0,"result":{}}'; done"#;
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    async fn post(
+        bridge: &Bridge,
+        session: Option<&str>,
+        token: &str,
+        body: &str,
+    ) -> (u16, Option<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(bridge.addr).await.unwrap();
+        let session = session
+            .map(|s| format!("mcp-session-id: {s}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "POST /mcp HTTP/1.1\r\nhost: x\r\n{TOKEN_HEADER}: {token}\r\n{session}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let status = out.split(' ').nth(1).unwrap().parse().unwrap();
+        let sid = out
+            .lines()
+            .find_map(|l| l.strip_prefix("mcp-session-id: "))
+            .map(str::to_string);
+        (status, sid)
+    }
+
+    const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#;
+
+    #[tokio::test]
+    async fn only_latch_may_call_and_idle_sessions_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let bridge = Bridge::start_with(
+            "t",
+            answering_shell(),
+            dir.path(),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+        assert_eq!(post(&bridge, None, "wrong", INIT).await.0, 401);
+        let (status, sid) = post(&bridge, None, &bridge.token, INIT).await;
+        assert_eq!(status, 200);
+        let sid = sid.unwrap();
+        let ping = r#"{"jsonrpc":"2.0","id":0,"method":"ping"}"#;
+        assert_eq!(post(&bridge, Some(&sid), &bridge.token, ping).await.0, 200);
+        let other = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        assert_eq!(
+            post(&bridge, None, &bridge.token, other).await.0,
+            400,
+            "initialize comes first"
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            post(&bridge, Some(&sid), &bridge.token, ping).await.0,
+            404,
+            "the idle session ended"
+        );
+    }
 }
