@@ -141,6 +141,15 @@ fn call(name: &str, args: Value) -> CallToolRequestParams {
     CallToolRequestParams::new(name.to_string()).with_arguments(args.as_object().cloned().unwrap())
 }
 
+/// Call a tool from another task (a held call waits there).
+fn in_background(
+    client: &Arc<Client>,
+    params: CallToolRequestParams,
+) -> tokio::task::JoinHandle<Result<CallToolResult, rmcp::ServiceError>> {
+    let c = client.clone();
+    tokio::spawn(async move { c.call_tool(params).await })
+}
+
 fn text(r: &CallToolResult) -> String {
     serde_json::to_value(&r.content).unwrap()[0]["text"]
         .as_str()
@@ -340,14 +349,10 @@ async fn rejected_calls_answer_with_the_reason_and_modified_ones_send_the_new_ar
         .await,
     );
 
-    let c = client.clone();
-    let rejected = tokio::spawn(async move {
-        c.call_tool(call(
-            "transfer_credits",
-            json!({"to": "acct-1", "amount": 900}),
-        ))
-        .await
-    });
+    let rejected = in_background(
+        &client,
+        call("transfer_credits", json!({"to": "acct-1", "amount": 900})),
+    );
     let id = testing::wait_pending(latch.admin()).await;
     let body = json!({"reason": "acct-1 is closed; use acct-2"}).to_string();
     let r = testing::admin(
@@ -373,14 +378,10 @@ async fn rejected_calls_answer_with_the_reason_and_modified_ones_send_the_new_ar
 
     // A reviewer lowers the amount: the policy judges the new arguments,
     // the modifier's approval counts, and the server gets exactly them.
-    let c = client.clone();
-    let modified = tokio::spawn(async move {
-        c.call_tool(call(
-            "transfer_credits",
-            json!({"to": "acct-2", "amount": 900}),
-        ))
-        .await
-    });
+    let modified = in_background(
+        &client,
+        call("transfer_credits", json!({"to": "acct-2", "amount": 900})),
+    );
     let id = testing::wait_pending(latch.admin()).await;
     let not_object = testing::admin(
         latch.admin(),
@@ -642,11 +643,10 @@ async fn an_upstream_that_is_not_mcp_or_dies_gives_json_rpc_errors() {
         )
         .await,
     );
-    let c = client.clone();
-    let held = tokio::spawn(async move {
-        c.call_tool(call("transfer_credits", json!({"to": "b", "amount": 400})))
-            .await
-    });
+    let held = in_background(
+        &client,
+        call("transfer_credits", json!({"to": "b", "amount": 400})),
+    );
     let id = testing::wait_pending(latch.admin()).await;
     server.kill().unwrap();
     server.wait().unwrap();
@@ -751,11 +751,10 @@ async fn a_stdio_server_is_served_over_streamable_http_and_restarted_when_it_die
         .unwrap();
     assert_eq!(denied.is_error, Some(true));
 
-    let c = client.clone();
-    let held = tokio::spawn(async move {
-        c.call_tool(call("transfer_credits", json!({"to": "s", "amount": 120})))
-            .await
-    });
+    let held = in_background(
+        &client,
+        call("transfer_credits", json!({"to": "s", "amount": 120})),
+    );
     let id = testing::wait_pending(latch.admin()).await;
     testing::admin(
         latch.admin(),

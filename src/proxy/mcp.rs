@@ -216,7 +216,20 @@ async fn passthrough(
     msgs: &[Message<'_>],
     ctx: &mut Ctx,
 ) -> Result<Step, ProxyError> {
-    let p = req.p;
+    record_passed(req, &parts, &read, msgs, ctx).await?;
+    ctx.outcome = "passthrough";
+    let watch = Watch::of(msgs);
+    send(req, parts, read, &watch, ctx).await
+}
+
+/// Record `msgs` (none a `tools/call`) as passed on unjudged.
+async fn record_passed(
+    req: &Incoming<'_>,
+    parts: &http::request::Parts,
+    read: &read::Read,
+    msgs: &[Message<'_>],
+    ctx: &Ctx,
+) -> Result<(), ProxyError> {
     let methods: Vec<&str> = msgs
         .iter()
         .map(|m| m.method().unwrap_or("response"))
@@ -226,7 +239,7 @@ async fn passthrough(
         .as_ref()
         .map(|j| crate::digest::body_sha256(&j.bytes));
     record::passthrough(
-        p,
+        req.p,
         (&ctx.id, &ctx.span),
         req.agent,
         req.route,
@@ -234,10 +247,7 @@ async fn passthrough(
         &methods,
         sha.as_deref(),
     )
-    .await?;
-    ctx.outcome = "passthrough";
-    let watch = Watch::of(msgs);
-    send(req, parts, read, &watch, ctx).await
+    .await
 }
 
 /// Forward the judged bytes and relay the answer (rewritten where `watch` says).
@@ -492,24 +502,7 @@ async fn batch(
             .copied()
             .collect();
         if !others.is_empty() {
-            let methods: Vec<&str> = others
-                .iter()
-                .map(|m| m.method().unwrap_or("response"))
-                .collect();
-            let sha = read
-                .judged
-                .as_ref()
-                .map(|j| crate::digest::body_sha256(&j.bytes));
-            record::passthrough(
-                p,
-                (&ctx.id, &ctx.span),
-                req.agent,
-                req.route,
-                (parts.method.as_str(), &req.path),
-                &methods,
-                sha.as_deref(),
-            )
-            .await?;
+            record_passed(req, &parts, &read, &others, ctx).await?;
         }
         ctx.outcome = "allow";
         return send(req, parts, read, &Watch::of(&msgs), ctx).await;
