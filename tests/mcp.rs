@@ -141,6 +141,13 @@ fn call(name: &str, args: Value) -> CallToolRequestParams {
     CallToolRequestParams::new(name.to_string()).with_arguments(args.as_object().cloned().unwrap())
 }
 
+/// Alice (a lead) approves approval `id`.
+async fn approve(latch: &TestLatch, id: &str) {
+    let path = format!("/api/v1/approvals/{id}/approve");
+    let r = testing::admin(latch.admin(), "POST", &path, "alice-token", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.json());
+}
+
 /// Call a tool from another task (a held call waits there).
 fn in_background(
     client: &Arc<Client>,
@@ -292,15 +299,7 @@ async fn a_held_call_streams_progress_and_runs_once_when_approved() {
     assert!(log.calls().is_empty(), "nothing runs before approval");
     // Longer than the client's timeout: only progress keeps it waiting.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = testing::admin(
-        latch.admin(),
-        "POST",
-        &format!("/api/v1/approvals/{id}/approve"),
-        "alice-token",
-        "{}",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.json());
+    approve(&latch, &id).await;
 
     let answer = waiting.await.unwrap().expect("the held call completes");
     let ServerResult::CallToolResult(result) = answer else {
@@ -438,15 +437,7 @@ async fn a_client_that_declares_tasks_gets_a_task_to_poll() {
         .unwrap();
     assert_eq!(serde_json::to_value(&polled).unwrap()["status"], "working");
 
-    let r = testing::admin(
-        latch.admin(),
-        "POST",
-        &format!("/api/v1/approvals/{task_id}/approve"),
-        "alice-token",
-        "{}",
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    approve(&latch, &task_id).await;
     let mut done = Value::Null;
     for _ in 0..100 {
         let polled = client
@@ -650,15 +641,7 @@ async fn an_upstream_that_is_not_mcp_or_dies_gives_json_rpc_errors() {
     let id = testing::wait_pending(latch.admin()).await;
     server.kill().unwrap();
     server.wait().unwrap();
-    let r = testing::admin(
-        latch.admin(),
-        "POST",
-        &format!("/api/v1/approvals/{id}/approve"),
-        "alice-token",
-        "{}",
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    approve(&latch, &id).await;
     let result = held.await.unwrap().unwrap();
     assert_eq!(result.is_error, Some(true));
     assert!(
@@ -756,14 +739,7 @@ async fn a_stdio_server_is_served_over_streamable_http_and_restarted_when_it_die
         call("transfer_credits", json!({"to": "s", "amount": 120})),
     );
     let id = testing::wait_pending(latch.admin()).await;
-    testing::admin(
-        latch.admin(),
-        "POST",
-        &format!("/api/v1/approvals/{id}/approve"),
-        "alice-token",
-        "{}",
-    )
-    .await;
+    approve(&latch, &id).await;
     assert_eq!(
         text(&held.await.unwrap().unwrap()),
         "moved 120 credits to \"s\""
@@ -904,15 +880,7 @@ async fn tasks_requested_per_call_can_be_waited_for_or_cancelled() {
         testing::send(req).await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = testing::admin(
-        latch.admin(),
-        "POST",
-        &format!("/api/v1/approvals/{second}/approve"),
-        "alice-token",
-        "{}",
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    approve(&latch, &second).await;
     let answer = waiting.await.unwrap().json();
     assert_eq!(answer["id"], 5);
     assert_eq!(

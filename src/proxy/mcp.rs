@@ -289,17 +289,7 @@ async fn tool_call(
         }
     };
     ctx.span.set("latch.tool", tc.name);
-    let annotations = relay::hints(req.route, &parts, req.conn, tc.name, params).await;
-    let action = mcp_action(req.route, &tc, annotations);
-    let mut call = call::build(
-        p,
-        req.route,
-        req.agent,
-        &parts,
-        req.path.clone(),
-        &read,
-        Some(action),
-    )?;
+    let mut call = build(req, &parts, &read, &tc, params).await?;
     let policy_span = p.tracer.child("latch.policy", &ctx.span);
     let verdict = evaluate::evaluate(p, &mut call, true, ctx).await;
     drop(policy_span);
@@ -358,6 +348,28 @@ async fn tool_call(
             Ok(step)
         }
     }
+}
+
+/// Build the call the policy judges for `tools/call` `tc` (annotations
+/// from the cache, or from the server).
+async fn build<'r>(
+    req: &Incoming<'r>,
+    parts: &http::request::Parts,
+    read: &read::Read,
+    tc: &wire::ToolCall<'_>,
+    params: Option<&Map<String, Value>>,
+) -> Result<call::Call<'r>, ProxyError> {
+    let annotations = relay::hints(req.route, parts, req.conn, tc.name, params).await;
+    let action = mcp_action(req.route, tc, annotations);
+    call::build(
+        req.p,
+        req.route,
+        req.agent,
+        parts,
+        req.path.clone(),
+        read,
+        Some(action),
+    )
 }
 
 /// The policy's view of a `tools/call`.
@@ -428,17 +440,7 @@ async fn batch(
                 continue;
             }
         };
-        let annotations = relay::hints(req.route, &parts, req.conn, tc.name, *params).await;
-        let action = mcp_action(req.route, &tc, annotations);
-        let mut call = call::build(
-            p,
-            req.route,
-            req.agent,
-            &parts,
-            req.path.clone(),
-            &read,
-            Some(action),
-        )?;
+        let mut call = build(req, &parts, &read, &tc, *params).await?;
         let verdict = evaluate::evaluate(p, &mut call, true, ctx).await;
         judged.push(Judged {
             index: i,
