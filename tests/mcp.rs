@@ -896,3 +896,40 @@ async fn tasks_requested_per_call_can_be_waited_for_or_cancelled() {
         vec![json!({"name": "transfer_credits", "arguments": {"to": "t", "amount": 200}})]
     );
 }
+
+#[tokio::test]
+async fn shadow_mode_lets_refused_calls_through_and_says_what_would_have_happened() {
+    let (upstream, log) = http_server().await;
+    let text = testing::config_text(
+        "http://127.0.0.1:9",
+        &route(&format!("{upstream}\nmode = \"shadow\"")),
+    );
+    let latch = TestLatch::start_text(text, POLICY).await;
+    let p = latch.proxy();
+    let s = session(p).await;
+    let delete = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_repo","arguments":{"repo":"old"}}}"#;
+    let a = post(p, Some(&s), delete, &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("latch-shadow"), "deny");
+    assert_eq!(
+        rpc(&a)[0]["result"]["content"][0]["text"],
+        "deleted \"old\""
+    );
+    assert_eq!(names(&log), vec!["delete_repo"]);
+    let metrics = testing::send(
+        http::Request::get(format!("http://{}/metrics", latch.admin()))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    let metrics = String::from_utf8_lossy(&metrics.body).to_string();
+    assert!(
+        metrics.contains(r#"latch_shadow_total{route="codehost",would="deny"} 1"#),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("shadow"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
