@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -214,11 +214,19 @@ impl Route {
     pub async fn send_collect(&self, call: Call<'_>, limit: usize) -> Result<Collected, String> {
         let resp = self.send(call).await.map_err(|e| e.to_string())?;
         let (parts, body) = resp.into_parts();
-        let body = tokio::time::timeout(self.config.timeout, Limited::new(body, limit).collect())
+        // An MCP server may keep a POST's event stream open after it has
+        // answered; the answer is complete once its response event is in.
+        let mcp_stream = self.config.protocol == crate::config::Protocol::Mcp
+            && crate::mcp::Framing::of(
+                parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok()),
+            ) == Some(crate::mcp::Framing::Sse);
+        let read = read_answer(body, limit, mcp_stream);
+        let body = tokio::time::timeout(self.config.timeout, read)
             .await
-            .map_err(|_| "upstream answer did not arrive in time".to_string())?
-            .map_err(|e| format!("reading the upstream answer failed: {e}"))?
-            .to_bytes();
+            .map_err(|_| "upstream answer did not arrive in time".to_string())??;
         let headers = parts
             .headers
             .iter()
@@ -231,6 +239,46 @@ impl Route {
             body,
         })
     }
+}
+
+/// Read an answer's body, at most `limit` bytes; with `until_response`, only
+/// until an event stream holds a JSON-RPC response.
+async fn read_answer(
+    mut body: Incoming,
+    limit: usize,
+    until_response: bool,
+) -> Result<Bytes, String> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the upstream answer failed: {e}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > limit {
+            return Err(format!("the upstream answer exceeds {limit} bytes"));
+        }
+        buf.extend_from_slice(&data);
+        if until_response && holds_response(&buf) {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Whether the complete events in `sse` include a JSON-RPC response.
+fn holds_response(sse: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(sse) else {
+        return false;
+    };
+    let complete = match text.rfind("\n\n") {
+        Some(i) => &text[..i + 2],
+        None => return false,
+    };
+    crate::mcp::messages(crate::mcp::Framing::Sse, complete.as_bytes()).is_ok_and(|msgs| {
+        msgs.iter().any(|m| {
+            m.get("method").is_none() && (m.get("result").is_some() || m.get("error").is_some())
+        })
+    })
 }
 
 /// Whether `e` (or a cause) is a body length limit being hit.
@@ -341,6 +389,16 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "latch.local:8080");
         assert!(h.get("latch-reason").is_none());
         assert!(h.get("host").is_none());
+    }
+
+    #[test]
+    fn an_event_stream_is_complete_once_it_holds_a_response() {
+        let progress = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n";
+        assert!(!holds_response(progress.as_bytes()));
+        let partial = format!("{progress}data: {{\"jsonrpc\":\"2.0\",\"id\":1,\"res");
+        assert!(!holds_response(partial.as_bytes()));
+        let whole = format!("{progress}data: {{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{{}}}}\n\n");
+        assert!(holds_response(whole.as_bytes()));
     }
 
     #[test]

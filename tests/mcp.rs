@@ -933,3 +933,69 @@ async fn shadow_mode_lets_refused_calls_through_and_says_what_would_have_happene
             .join("\n")
     );
 }
+
+/// An MCP server that answers a POST on an event stream and then keeps the
+/// stream open (the spec only says it SHOULD close it).
+async fn lingering_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let calls = counted.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let calls = calls.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let msg: Value = serde_json::from_slice(&body).unwrap();
+                            if msg["method"] == "tools/call" {
+                                calls.fetch_add(1, Ordering::SeqCst);
+                            }
+                            let (tx, rx) = tokio::sync::mpsc::channel(1);
+                            let answer = json!({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": [{"type": "text", "text": "done"}]}});
+                            tx.send(bytes::Bytes::from(format!("data: {answer}\n\n")))
+                                .await
+                                .unwrap();
+                            // Keep the stream open for good.
+                            std::mem::forget(tx);
+                            let mut resp = http::Response::new(latch::http_util::ChannelBody(rx));
+                            resp.headers_mut()
+                                .insert("content-type", "text/event-stream".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    (addr, calls)
+}
+
+#[tokio::test]
+async fn an_approved_call_completes_when_the_answer_arrives_even_if_the_stream_stays_open() {
+    let (addr, calls) = lingering_server().await;
+    let latch = latch_for(&format!(
+        "upstream = \"http://{addr}/mcp\"\ntimeout_ms = 60000"
+    ))
+    .await;
+    let p = latch.proxy();
+    let body = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"transfer_credits","arguments":{"to":"x","amount":150}}}"#;
+    let waiting = tokio::spawn(async move { post(p, None, body, &[]).await });
+    let id = testing::wait_pending(latch.admin()).await;
+    approve(&latch, &id).await;
+    // Well within the route's 60 s timeout.
+    testing::wait_state(latch.admin(), &id, "executed").await;
+    let answer = rpc(&waiting.await.unwrap()).remove(0);
+    assert_eq!(answer["result"]["content"][0]["text"], "done");
+    assert_eq!(answer["id"], 9);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
