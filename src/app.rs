@@ -31,6 +31,10 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &config.store {
         StoreConfig::Sqlite(path) => Arc::new(SqliteStore::open(path, config.audit.key.clone())?),
         StoreConfig::SqliteMemory => Arc::new(SqliteStore::memory(config.audit.key.clone())?),
+        StoreConfig::Postgres(url) => Arc::new(crate::store::postgres::PgStore::connect(
+            &url.0,
+            config.audit.key.clone(),
+        )?),
     })
 }
 

@@ -172,6 +172,8 @@ pub enum StoreConfig {
     Sqlite(PathBuf),
     /// SQLite in memory (tests; nothing survives a restart).
     SqliteMemory,
+    /// PostgreSQL, shared by any number of replicas (the URL may hold a password).
+    Postgres(Secret),
 }
 
 /// `[policy]`

@@ -3,6 +3,7 @@
 
 pub mod migrations;
 pub mod notify;
+pub mod postgres;
 pub mod prompts;
 pub mod sqlite;
 

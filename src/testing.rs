@@ -29,8 +29,10 @@ use crate::http_util::{boxed_request, json, Body};
 use crate::server::{self, ConnInfo, ListenerOptions};
 
 mod fixtures;
+mod postgres;
 mod stub;
 pub use fixtures::*;
+pub use postgres::Postgres;
 pub use stub::{Answerer, Stub};
 
 /// What the upstream received.

@@ -112,8 +112,11 @@ pub struct RawAdmin {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
-    /// `sqlite://PATH` (relative to the config file) or `sqlite::memory:`.
+    /// `sqlite://PATH` (relative to the config file), `sqlite::memory:`, or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` for several replicas.
     pub url: Option<Spanned<String>>,
+    /// The environment variable holding the URL (keeps a password out of the file).
+    pub url_env: Option<Spanned<String>>,
 }
 
 /// `[policy]`

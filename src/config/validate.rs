@@ -249,24 +249,7 @@ impl Validator<'_> {
         if proxy.listen == admin.listen && proxy.listen.port() != 0 {
             self.error(None, "admin.listen", "must differ from proxy.listen".into());
         }
-        let store = match raw.store.url {
-            None => StoreConfig::Sqlite(base.join("latch.db")),
-            Some(url) => {
-                let u = url.get_ref();
-                if u == "sqlite::memory:" {
-                    StoreConfig::SqliteMemory
-                } else if let Some(file) = u.strip_prefix("sqlite://") {
-                    StoreConfig::Sqlite(resolve(base, file))
-                } else {
-                    self.error(
-                        Some(url.span()),
-                        "store.url",
-                        format!("`{u}` is not supported; use sqlite://PATH or sqlite::memory:"),
-                    );
-                    StoreConfig::SqliteMemory
-                }
-            }
-        };
+        let store = self.store(raw.store, base, env);
         let policy = self.policy(raw.policy, base);
         let log = LogConfig {
             format: match raw
@@ -464,6 +447,57 @@ impl Validator<'_> {
                 );
                 default
             }
+        }
+    }
+
+    /// `[store]`: `url` (SQLite file, SQLite in memory, or PostgreSQL) or
+    /// `url_env` naming the variable that holds it.
+    fn store(&mut self, raw: raw::RawStore, base: &Path, env: &dyn Env) -> StoreConfig {
+        let (url, span, key) = match (raw.url, raw.url_env) {
+            (Some(_), Some(var)) => {
+                self.error(
+                    Some(var.span()),
+                    "store.url_env",
+                    "give `url` or `url_env`, not both".into(),
+                );
+                return StoreConfig::SqliteMemory;
+            }
+            (None, None) => return StoreConfig::Sqlite(base.join("latch.db")),
+            (Some(url), None) => (url.get_ref().clone(), url.span(), "store.url"),
+            (None, Some(var)) => match env.var(var.get_ref()) {
+                Some(url) => (url, var.span(), "store.url_env"),
+                None => {
+                    self.error(
+                        Some(var.span()),
+                        "store.url_env",
+                        format!("environment variable {} is not set", var.get_ref()),
+                    );
+                    return StoreConfig::SqliteMemory;
+                }
+            },
+        };
+        if url == "sqlite::memory:" {
+            StoreConfig::SqliteMemory
+        } else if let Some(file) = url.strip_prefix("sqlite://") {
+            StoreConfig::Sqlite(resolve(base, file))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            if let Err(e) = url.parse::<postgres::Config>() {
+                self.error(
+                    Some(span),
+                    key,
+                    format!("the PostgreSQL URL does not parse: {e}"),
+                );
+            }
+            StoreConfig::Postgres(Secret(url))
+        } else {
+            // Never echo the value: it may hold a password.
+            self.error(
+                Some(span),
+                key,
+                "unsupported store; use sqlite://PATH, sqlite::memory: or postgres://USER@HOST:PORT/DB"
+                    .into(),
+            );
+            StoreConfig::SqliteMemory
         }
     }
 }

@@ -182,3 +182,51 @@ pub(super) fn test_env() -> BTreeMap<String, String> {
     );
     env
 }
+
+/// A pending approval of `agent`'s call, for store tests.
+pub fn sample_approval(id: &str, agent: &str) -> crate::gate::model::Approval {
+    use crate::policy::decision::{Action, ApprovalSpec, Decision, Risk};
+    let spec: ApprovalSpec = serde_json::from_value(serde_json::json!({
+        "require": [{"role": "lead", "count": 1}], "timeout_s": 60, "on_timeout": "deny"
+    }))
+    .expect("approval spec");
+    crate::gate::model::Approval {
+        id: id.into(),
+        state: crate::gate::model::State::Pending,
+        agent: agent.into(),
+        route: "echo".into(),
+        tool: "echo".into(),
+        method: "POST".into(),
+        path: "/tools/echo".into(),
+        target: "".into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: br#"{"amount":500}"#.to_vec(),
+        body_sha256: crate::digest::body_sha256(br#"{"amount":500}"#),
+        original_body: None,
+        decision: Decision {
+            action: Action::Gate,
+            risk: Risk::High,
+            reasons: vec!["big".into()],
+            code: "big".into(),
+            approval: Some(spec),
+            value: None,
+            consequences: None,
+        },
+        reason: None,
+        idempotency_key: None,
+        peer: "127.0.0.1:1".into(),
+        tls: false,
+        created_at: 1_000,
+        deadline: 61_000,
+        level: 0,
+        votes: vec![],
+        outcome: None,
+        decided_at: None,
+        result: None,
+        version: 1,
+        class: "00112233445566778899aabbccddeeff".into(),
+        class_shape: "POST {amount:#}".into(),
+        grant_id: None,
+        excluded: vec![],
+    }
+}
