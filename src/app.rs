@@ -226,6 +226,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .map_err(|e| anyhow!("start-up task failed: {e}"))??;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    // Verdicts given on other replicas release the calls held here.
+    let gate = handles.gate.clone();
+    handles
+        .store
+        .watch_changes(Arc::new(move |id| gate.changed_elsewhere(id)))
+        .context("watching the store for changes")?;
     handles
         .gate
         .recover()

@@ -465,6 +465,15 @@ impl Gate {
         }
     }
 
+    /// Another replica changed approval `id` (`None`: perhaps any): whoever
+    /// waits on it reads it again.
+    pub fn changed_elsewhere(&self, id: Option<&str>) {
+        match id {
+            Some(id) => self.0.waiters.wake(id),
+            None => self.0.waiters.wake_all(),
+        }
+    }
+
     /// Wait until approval `id` is final or `hold` passes.
     pub async fn wait(&self, id: &str, hold: Duration) -> Result<Waited, GateError> {
         let until = tokio::time::Instant::now() + hold;

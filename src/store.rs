@@ -187,7 +187,19 @@ pub trait Store: prompts::PromptStore + notify::NotifyStore + Send + Sync + 'sta
     /// Store `g`'s revocation with its audit event in one synced
     /// transaction. `Ok(false)`: it was already revoked.
     fn revoke_grant(&self, g: &Grant, event: &Event) -> anyhow::Result<bool>;
+
+    /// Call `changed(Some(id))` whenever another process changes approval
+    /// `id`, and `changed(None)` when changes may have been missed (after a
+    /// lost connection), until the store is dropped. A store only one process
+    /// uses has nothing to report.
+    fn watch_changes(&self, changed: ChangeHook) -> anyhow::Result<()> {
+        let _ = changed;
+        Ok(())
+    }
 }
+
+/// What [`Store::watch_changes`] calls.
+pub type ChangeHook = std::sync::Arc<dyn Fn(Option<&str>) + Send + Sync>;
 
 /// Run a blocking store call off the async workers.
 pub async fn blocking<T: Send + 'static>(

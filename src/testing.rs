@@ -293,6 +293,9 @@ pub struct TestLatch {
     pub dir: tempfile::TempDir,
     pub config_text: String,
     pub env: BTreeMap<String, String>,
+    /// With `LATCH_TEST_STORE=postgres`, the PostgreSQL this Latch uses
+    /// instead of its SQLite file (stopped after Latch, being declared last).
+    pub postgres: Option<Postgres>,
 }
 
 impl TestLatch {
@@ -316,11 +319,25 @@ impl TestLatch {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("policies")).unwrap();
         std::fs::write(dir.path().join("policies/test.rego"), policy).unwrap();
+        let postgres = match std::env::var("LATCH_TEST_STORE").as_deref() {
+            Ok("postgres") => {
+                Some(Postgres::start().expect("LATCH_TEST_STORE=postgres needs initdb and pg_ctl"))
+            }
+            _ => None,
+        };
+        let config_text = match &postgres {
+            Some(pg) => config_text.replace(
+                r#"url = "sqlite://latch.db""#,
+                &format!(r#"url = "{}""#, pg.url),
+            ),
+            None => config_text,
+        };
         let mut t = TestLatch {
             running: None,
             dir,
             config_text,
             env: test_env(),
+            postgres,
         };
         for (k, v) in env {
             t.env.insert(k.to_string(), v.to_string());

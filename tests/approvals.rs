@@ -676,9 +676,27 @@ async fn an_unwritable_audit_log_means_503_and_no_upstream_call() {
     let up = Upstream::start().await;
     let latch = TestLatch::start(&up.url()).await;
     // Make the audit table refuse writes from outside, as a full or broken disk would.
-    let db = rusqlite::Connection::open(latch.policy_dir().join("latch.db")).unwrap();
-    db.execute_batch("CREATE TRIGGER audit_refuses BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'read-only'); END;")
-        .unwrap();
+    match &latch.postgres {
+        None => {
+            let db = rusqlite::Connection::open(latch.policy_dir().join("latch.db")).unwrap();
+            db.execute_batch("CREATE TRIGGER audit_refuses BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'read-only'); END;")
+                .unwrap();
+        }
+        Some(pg) => {
+            // The sync client runs its own runtime: off this one's threads.
+            let url = pg.url.clone();
+            std::thread::spawn(move || {
+                let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                db.batch_execute(
+                    "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'read-only'; END $$ LANGUAGE plpgsql;
+                     CREATE TRIGGER audit_refuses BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION refuse();",
+                )
+                .unwrap();
+            })
+            .join()
+            .unwrap();
+        }
+    }
     let a = call("POST", latch.proxy(), "/tools/echo/x", "{}").await;
     assert_eq!(a.status, 503);
     assert_eq!(a.header("latch-error"), "audit_unavailable");

@@ -40,6 +40,13 @@ impl Waiters {
         }
     }
 
+    /// Wake every watcher (changes may have been missed: all re-read).
+    pub fn wake_all(&self) {
+        for n in self.map.iter() {
+            n.notify_waiters();
+        }
+    }
+
     /// Approvals someone is watching.
     pub fn len(&self) -> usize {
         self.map.len()

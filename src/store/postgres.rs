@@ -10,17 +10,19 @@
 //! the database returns.
 
 mod chain;
+mod listen;
 pub mod migrations;
 mod notify;
 mod prompts;
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use postgres::{Client, NoTls, Row, Transaction};
 
-use super::{ApprovalQuery, HistoryRow, Inserted, Store, StoredSession};
+use super::{ApprovalQuery, ChangeHook, HistoryRow, Inserted, Store, StoredSession};
 use crate::audit::chain::{AuditKey, Checkpoint, Event, Head, Record};
 use crate::gate::model::{Approval, Grant, State};
 use crate::history::stats::Stats;
@@ -37,6 +39,14 @@ pub struct PgStore {
     idle: Mutex<Vec<Client>>,
     /// Key for record MACs and the keyed head (never stored).
     key: Option<AuditKey>,
+    /// Tells the change listener to stop.
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A pooled connection, returned to the pool when dropped (unless broken).
@@ -85,6 +95,7 @@ impl PgStore {
             config,
             idle: Mutex::new(Vec::new()),
             key,
+            stop: Arc::new(AtomicBool::new(false)),
         };
         store.migrate().context("migrating the PostgreSQL schema")?;
         Ok(store)
@@ -422,6 +433,7 @@ impl Store for PgStore {
                     &result_body,
                 ],
             )?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&listen::CHANNEL, &a.id])?;
             Ok((Inserted::New, vec![event.clone()]))
         })
     }
@@ -527,6 +539,8 @@ impl Store for PgStore {
             if changed == 0 {
                 return Ok((false, vec![]));
             }
+            // Delivered at commit to every replica listening.
+            tx.execute("SELECT pg_notify($1, $2)", &[&listen::CHANNEL, &a.id])?;
             if let Some(g) = grant {
                 tx.execute(
                     "INSERT INTO grants (id, agent, approval, created_at, expires_at, revoked_at, data)
@@ -563,6 +577,14 @@ impl Store for PgStore {
             .query_opt("SELECT data FROM grants WHERE id = $1", &[&id])?;
         row.map(|r| Ok(serde_json::from_str(&r.try_get::<_, String>(0)?)?))
             .transpose()
+    }
+
+    fn watch_changes(&self, changed: ChangeHook) -> anyhow::Result<()> {
+        let (config, stop) = (self.config.clone(), self.stop.clone());
+        std::thread::Builder::new()
+            .name("latch-pg-listen".into())
+            .spawn(move || listen::run(config, changed, stop))?;
+        Ok(())
     }
 
     fn revoke_grant(&self, g: &Grant, event: &Event) -> anyhow::Result<bool> {
