@@ -111,3 +111,211 @@ fn each_notification_delivery_goes_to_one_replica() {
     assert_eq!(mine.len() + theirs.len(), 20);
     assert!(mine.iter().all(|m| theirs.iter().all(|t| t.id != m.id)));
 }
+
+mod replicas {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use latch::testing::*;
+    use serde_json::{json, Value};
+
+    const LEAD_ONLY: &str = r#"{"require": [{"role": "lead", "count": 1}]}"#;
+
+    fn gated(approval: &str) -> String {
+        format!(r#"{{"gate": true, "to": "bob@example.com", "approval": {approval}}}"#)
+    }
+
+    /// The test config with PostgreSQL as its store.
+    fn config(pg: &Postgres, upstream: &str) -> String {
+        config_text(upstream, "").replace(
+            r#"url = "sqlite://latch.db""#,
+            &format!(r#"url = "{}""#, pg.url),
+        )
+    }
+
+    async fn approve(admin_addr: SocketAddr, id: &str, token: &str) -> u16 {
+        let path = format!("/api/v1/approvals/{id}/approve");
+        admin(admin_addr, "POST", &path, token, "{}")
+            .await
+            .status
+            .as_u16()
+    }
+
+    async fn events(admin_addr: SocketAddr, id: &str) -> Vec<String> {
+        let path = format!("/api/v1/audit?subject={id}");
+        let a = admin(admin_addr, "GET", &path, "alice-token", "")
+            .await
+            .json();
+        a["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["event"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn verify(latch: &TestLatch) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_latch"))
+            .envs(&latch.env)
+            .args(["audit", "verify", "--config"])
+            .arg(latch.config_path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_held_on_one_replica_is_released_by_a_verdict_on_the_other() {
+        let Some(pg) = Postgres::start() else { return };
+        let up = Upstream::start().await;
+        let a = TestLatch::start_text(config(&pg, &up.url()), TEST_POLICY).await;
+        let b = TestLatch::start_text(config(&pg, &up.url()), TEST_POLICY).await;
+        let proxy = a.proxy();
+        let held = tokio::spawn(async move {
+            call("POST", proxy, "/tools/echo/send", &gated(LEAD_ONLY)).await
+        });
+        let id = wait_pending(b.admin()).await;
+        assert_eq!(approve(b.admin(), &id, "alice-token").await, 200);
+        let answer = held.await.unwrap();
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(answer.header("latch-approval"), id);
+        assert_eq!(up.requests().len(), 1);
+        assert_eq!(events(a.admin(), &id).await, ["gate", "approve", "execute"]);
+        verify(&a);
+    }
+
+    #[tokio::test]
+    async fn concurrent_approvals_on_two_replicas_execute_once_and_deadlines_fire_once() {
+        let Some(pg) = Postgres::start() else { return };
+        let up = Upstream::start().await;
+        let a = TestLatch::start_text(config(&pg, &up.url()), TEST_POLICY).await;
+        let b = TestLatch::start_text(config(&pg, &up.url()), TEST_POLICY).await;
+        for round in 0..5 {
+            let key = format!("race-{round}");
+            let req = agent_request("POST", a.proxy(), "/tools/echo/send")
+                .header("content-type", "application/json")
+                .header("prefer", "respond-async")
+                .header("idempotency-key", key.as_str())
+                .body(Full::new(Bytes::from(gated(LEAD_ONLY))))
+                .unwrap();
+            let id = send(req).await.json()["approval_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            // Two leads approve at once, one on each replica.
+            let (x, y) = tokio::join!(
+                approve(a.admin(), &id, "alice-token"),
+                approve(b.admin(), &id, "carol-token")
+            );
+            assert!(x == 200 || y == 200, "{x} {y}");
+            wait_state(b.admin(), &id, "executed").await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(up.requests().len(), 5, "each approved call ran once");
+
+        // A one-second deadline, watched by both replicas' deadline loops.
+        let quick = r#"{"require": [{"role": "lead", "count": 1}], "timeout_s": 1}"#;
+        let req = agent_request("POST", b.proxy(), "/tools/echo/send")
+            .header("content-type", "application/json")
+            .header("prefer", "respond-async")
+            .body(Full::new(Bytes::from(gated(quick))))
+            .unwrap();
+        let id = send(req).await.json()["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        wait_state(a.admin(), &id, "expired").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let ev = events(a.admin(), &id).await;
+        assert_eq!(
+            ev.iter().filter(|e| e.starts_with("expire")).count(),
+            1,
+            "{ev:?}"
+        );
+        assert_eq!(up.requests().len(), 5);
+        verify(&b);
+    }
+
+    #[tokio::test]
+    async fn a_replica_killed_with_pending_approvals_loses_none_of_them() {
+        let Some(pg) = Postgres::start() else { return };
+        let up = Upstream::start().await;
+        let b = TestLatch::start_text(config(&pg, &up.url()), TEST_POLICY).await;
+        // Replica A is a real process, killed with SIGKILL.
+        let dir = tempfile::tempdir().unwrap();
+        let (proxy_a, admin_a) = (free_addr(), free_addr());
+        let text = config(&pg, &up.url())
+            .replacen(
+                r#"listen = "127.0.0.1:0""#,
+                &format!(r#"listen = "{proxy_a}""#),
+                1,
+            )
+            .replacen(
+                r#"listen = "127.0.0.1:0""#,
+                &format!(r#"listen = "{admin_a}""#),
+                1,
+            );
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/test.rego"), TEST_POLICY).unwrap();
+        std::fs::write(dir.path().join("latch.toml"), &text).unwrap();
+        let mut replica_a = std::process::Command::new(env!("CARGO_BIN_EXE_latch"))
+            .envs(&b.env)
+            .args(["serve", "--config"])
+            .arg(dir.path().join("latch.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(proxy_a);
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let req = agent_request("POST", proxy_a, "/tools/echo/send")
+                .header("content-type", "application/json")
+                .header("prefer", "respond-async")
+                .header("idempotency-key", format!("k{n}"))
+                .body(Full::new(Bytes::from(gated(LEAD_ONLY))))
+                .unwrap();
+            let r = send(req).await;
+            assert_eq!(r.status, 202);
+            ids.push(r.json()["approval_id"].as_str().unwrap().to_string());
+        }
+        replica_a.kill().unwrap();
+        replica_a.wait().unwrap();
+        for id in &ids {
+            assert_eq!(approve(b.admin(), id, "alice-token").await, 200);
+            wait_state(b.admin(), id, "executed").await;
+            // The agent reattaches through B with its key, and collects.
+            let again = agent_request("POST", b.proxy(), "/tools/echo/send")
+                .header("content-type", "application/json")
+                .header("prefer", "respond-async")
+                .header(
+                    "idempotency-key",
+                    format!("k{}", ids.iter().position(|i| i == id).unwrap()),
+                )
+                .body(Full::new(Bytes::from(gated(LEAD_ONLY))))
+                .unwrap();
+            let r = send(again).await;
+            assert_eq!(r.header("latch-approval"), id.as_str(), "{:?}", r.body);
+            let result = agent_request(
+                "GET",
+                b.proxy(),
+                &format!("/latch/v1/approvals/{id}/result"),
+            )
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+            let r = send(result).await;
+            assert_eq!(r.status, 200);
+            let v: Value = r.json();
+            assert_eq!(v["upstream"], json!("ok"));
+        }
+        assert_eq!(up.requests().len(), 3);
+        verify(&b);
+    }
+}
