@@ -319,3 +319,61 @@ mod replicas {
         verify(&b);
     }
 }
+
+mod outage {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use latch::testing::*;
+
+    #[tokio::test]
+    async fn without_its_database_latch_refuses_and_says_why_then_recovers() {
+        let Some(pg) = Postgres::start() else { return };
+        let up = Upstream::start().await;
+        let text = config_text(&up.url(), "").replace(
+            r#"url = "sqlite://latch.db""#,
+            &format!(r#"url = "{}""#, pg.url),
+        );
+        let latch = TestLatch::start_text(text, TEST_POLICY).await;
+        assert_eq!(
+            call("POST", latch.proxy(), "/tools/echo/x", "{}")
+                .await
+                .status,
+            200
+        );
+        let ready = |addr| async move {
+            send(
+                http::Request::get(format!("http://{addr}/readyz"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+        };
+        pg.stop();
+        let refused = call("POST", latch.proxy(), "/tools/echo/x", "{}").await;
+        assert_eq!(refused.status, 503, "{:?}", refused.body);
+        assert_eq!(refused.header("latch-error"), "audit_unavailable");
+        let r = ready(latch.admin()).await;
+        assert_eq!(r.status, 503);
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("store"),
+            "{:?}",
+            r.body
+        );
+        assert_eq!(up.requests().len(), 1, "nothing went out unaudited");
+
+        pg.restart();
+        let mut back = 0;
+        for _ in 0..50 {
+            back = call("POST", latch.proxy(), "/tools/echo/x", "{}")
+                .await
+                .status
+                .as_u16();
+            if back == 200 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(back, 200, "Latch recovers by itself");
+        assert_eq!(ready(latch.admin()).await.status, 200);
+    }
+}

@@ -134,7 +134,11 @@ impl PgStore {
     }
 
     fn conn(&self) -> anyhow::Result<Conn<'_>> {
-        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        // Connections the server closed meanwhile are dropped, not handed out.
+        let pooled = self.idle.lock().ok().and_then(|mut idle| {
+            idle.retain(|c| !c.is_closed());
+            idle.pop()
+        });
         let client = match pooled {
             Some(c) => c,
             None => self
