@@ -227,10 +227,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // Verdicts given on other replicas release the calls held here.
-    let gate = handles.gate.clone();
+    let (gate, rt) = (handles.gate.clone(), tokio::runtime::Handle::current());
     handles
         .store
-        .watch_changes(Arc::new(move |id| gate.changed_elsewhere(id)))
+        .watch_changes(Arc::new(move |id| {
+            let (gate, id) = (gate.clone(), id.map(str::to_string));
+            rt.spawn(async move { gate.changed_elsewhere(id).await });
+        }))
         .context("watching the store for changes")?;
     handles
         .gate

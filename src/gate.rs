@@ -465,12 +465,19 @@ impl Gate {
         }
     }
 
-    /// Another replica changed approval `id` (`None`: perhaps any): whoever
-    /// waits on it reads it again.
-    pub fn changed_elsewhere(&self, id: Option<&str>) {
-        match id {
-            Some(id) => self.0.waiters.wake(id),
-            None => self.0.waiters.wake_all(),
+    /// Another replica changed approval `id` or grant `grant:<id>` (`None`:
+    /// perhaps anything): whoever waits on the approval reads it again; the
+    /// grant is read again (a revocation there ends it here).
+    pub async fn changed_elsewhere(&self, id: Option<String>) {
+        match id.as_deref().map(|i| (i, i.strip_prefix("grant:"))) {
+            Some((_, Some(grant))) => self.reload_grant(grant).await,
+            Some((approval, None)) => self.0.waiters.wake(approval),
+            None => {
+                self.0.waiters.wake_all();
+                if let Err(e) = self.load_grants().await {
+                    tracing::warn!(error = %e, "reloading grants failed");
+                }
+            }
         }
     }
 

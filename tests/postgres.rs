@@ -377,3 +377,81 @@ mod outage {
         assert_eq!(ready(latch.admin()).await.status, 200);
     }
 }
+
+mod grants {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use latch::testing::*;
+
+    fn email() -> String {
+        r#"{"gate": true, "to": "bob@example.com", "risk": "medium", "approval": {"require": [{"role": "lead", "count": 1}]}}"#.into()
+    }
+
+    async fn call_async(latch: &TestLatch) -> Answer {
+        let req = agent_request("POST", latch.proxy(), "/tools/echo/send")
+            .header("content-type", "application/json")
+            .header("prefer", "respond-async")
+            .body(Full::new(Bytes::from(email())))
+            .unwrap();
+        send(req).await
+    }
+
+    #[tokio::test]
+    async fn a_grant_given_on_one_replica_allows_on_the_other_until_revoked_there() {
+        let Some(pg) = Postgres::start() else { return };
+        let up = Upstream::start().await;
+        let text = config_text(&up.url(), "").replace(
+            r#"url = "sqlite://latch.db""#,
+            &format!(r#"url = "{}""#, pg.url),
+        );
+        let a = TestLatch::start_text(text.clone(), TEST_POLICY).await;
+        let b = TestLatch::start_text(text, TEST_POLICY).await;
+        let first = call_async(&a).await;
+        let id = first.json()["approval_id"].as_str().unwrap().to_string();
+        let body = r#"{"grant": {"ttl_s": 3600, "class_args": ["to"]}}"#;
+        let approved = admin(
+            b.admin(),
+            "POST",
+            &format!("/api/v1/approvals/{id}/approve"),
+            "alice-token",
+            body,
+        )
+        .await;
+        assert_eq!(approved.status, 200, "{:?}", approved.body);
+        let grant = approved.json()["grant_id"].as_str().unwrap().to_string();
+        wait_state(a.admin(), &id, "executed").await;
+
+        // A heard of the grant given on B.
+        let mut allowed = None;
+        for _ in 0..50 {
+            let r = call_async(&a).await;
+            if r.status == 200 {
+                allowed = Some(r);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let allowed = allowed.expect("the grant reached replica A");
+        assert_eq!(allowed.header("latch-grant"), grant);
+
+        // Revoked on B: A holds the next call for a human again.
+        let revoked = admin(
+            b.admin(),
+            "DELETE",
+            &format!("/api/v1/grants/{grant}"),
+            "alice-token",
+            "{}",
+        )
+        .await;
+        assert!(revoked.status.is_success(), "{:?}", revoked.body);
+        let mut gated = 0;
+        for _ in 0..50 {
+            gated = call_async(&a).await.status.as_u16();
+            if gated == 202 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(gated, 202, "a revocation on B ends the grant on A");
+    }
+}

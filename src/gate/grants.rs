@@ -234,6 +234,16 @@ impl Gate {
             .set(self.0.grants.prune(self.now_ms()) as i64);
     }
 
+    /// Read grant `id` again (another replica created or revoked it).
+    pub(super) async fn reload_grant(&self, id: &str) {
+        match self.grant(id).await {
+            Ok(g) if g.live(self.now_ms()) => self.0.grants.insert(g),
+            Ok(g) => self.0.grants.remove(&g.class, &g.id),
+            Err(e) => tracing::warn!(grant = %id, error = %e, "reloading a grant failed"),
+        }
+        self.prune_grants();
+    }
+
     /// Forget expired grants and load the live ones from the store.
     pub(super) async fn load_grants(&self) -> Result<(), GateError> {
         for g in self.list_grants(true, usize::MAX >> 1).await? {

@@ -546,6 +546,8 @@ impl Store for PgStore {
             // Delivered at commit to every replica listening.
             tx.execute("SELECT pg_notify($1, $2)", &[&listen::CHANNEL, &a.id])?;
             if let Some(g) = grant {
+                let note = format!("grant:{}", g.id);
+                tx.execute("SELECT pg_notify($1, $2)", &[&listen::CHANNEL, &note])?;
                 tx.execute(
                     "INSERT INTO grants (id, agent, approval, created_at, expires_at, revoked_at, data)
                      VALUES ($1, $2, $3, $4, $5, NULL, $6)",
@@ -603,6 +605,8 @@ impl Store for PgStore {
             let events = if changed == 0 {
                 vec![]
             } else {
+                let note = format!("grant:{}", g.id);
+                tx.execute("SELECT pg_notify($1, $2)", &[&listen::CHANNEL, &note])?;
                 vec![event.clone()]
             };
             Ok((changed > 0, events))
