@@ -123,6 +123,17 @@ pub fn check(config_path: &Path) -> i32 {
     0
 }
 
+/// `latch migrate`: bring the store's schema up to this version of Latch
+/// (opening a store migrates it; several replicas take turns).
+pub fn migrate(config: &Config) -> anyhow::Result<()> {
+    crate::app::open_store(config)?;
+    println!(
+        "store schema at version {} (up to date)",
+        crate::store::migrations::MIGRATIONS.len()
+    );
+    Ok(())
+}
+
 /// `latch policy test [DIR]`: case tables and `test_*` rules. Returns the exit code.
 pub fn policy_test(dir: &Path, entrypoint: &str) -> i32 {
     let sources = match Sources::read_dir(dir, true) {

@@ -8,6 +8,7 @@ use latch::cli;
 const USAGE: &str = "usage:
   latch serve [--config FILE]           run the proxy and admin listeners
   latch check [--config FILE]           validate config and policies
+  latch migrate [--config FILE]         apply the store's schema migrations (serve does it too)
   latch policy test [DIR]               run case tables and test_* rules
   latch policy eval --input FILE [--config FILE]
                                         print the decision for one input
@@ -124,6 +125,10 @@ fn main() -> ExitCode {
     let code = match words.as_slice() {
         ["serve"] => serve(cli::config_path(args.config)),
         ["check"] => cli::check(&cli::config_path(args.config)),
+        ["migrate"] => match cli::load_config(&cli::config_path(args.config)) {
+            Err(code) => code,
+            Ok(config) => report(cli::migrate(&config)),
+        },
         ["policy", "test"] => cli::policy_test(&PathBuf::from("policies"), "data.latch.decision"),
         ["policy", "test", dir] => cli::policy_test(&PathBuf::from(dir), "data.latch.decision"),
         ["policy", "eval"] => match args.input {

@@ -455,3 +455,40 @@ mod grants {
         assert_eq!(gated, 202, "a revocation on B ends the grant on A");
     }
 }
+
+#[test]
+fn latch_migrate_brings_an_empty_database_up_to_date() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.rego"),
+        latch::testing::TEST_POLICY,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("latch.toml"),
+        "[store]\nurl_env = \"LATCH_TEST_DB\"\n[policy]\ndir = \"policies\"\n",
+    )
+    .unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_latch"))
+            .args(["migrate", "--config"])
+            .arg(dir.path().join("latch.toml"))
+            .env("LATCH_TEST_DB", &pg.url)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = latch::store::migrations::MIGRATIONS.len();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("version {n}")));
+    // Twice is fine: nothing left to apply.
+    assert!(run().status.success());
+    let store = PgStore::connect(&pg.url, None).unwrap();
+    assert_eq!(store.migrate().unwrap(), 0);
+}

@@ -244,3 +244,26 @@ slack_user = "U0LENA"
         "secrets are not printed"
     );
 }
+
+#[test]
+fn a_postgres_store_comes_from_url_or_url_env_and_never_echoes_its_password() {
+    let c = parse("[store]\nurl = \"postgres://latch:pw@db:5432/latch\"\n").unwrap();
+    assert!(
+        matches!(&c.store, StoreConfig::Postgres(u) if u.0 == "postgres://latch:pw@db:5432/latch")
+    );
+    assert!(
+        !format!("{:?}", c.store).contains("pw"),
+        "the Debug form hides the URL"
+    );
+    let e = errors("[store]\nurl_env = \"NO_SUCH_VAR\"\n");
+    assert!(
+        e.iter()
+            .any(|e| e.contains("store.url_env") && e.contains("NO_SUCH_VAR")),
+        "{e:?}"
+    );
+    let e = errors("[store]\nurl = \"sqlite://x.db\"\nurl_env = \"X\"\n");
+    assert!(e.iter().any(|e| e.contains("not both")), "{e:?}");
+    let e = errors("[store]\nurl = \"mysql://root:hunter2@db/latch\"\n");
+    assert!(e.iter().any(|e| e.contains(":2: store.url")), "{e:?}");
+    assert!(e.iter().all(|e| !e.contains("hunter2")), "{e:?}");
+}
