@@ -190,6 +190,30 @@ impl Running {
     }
 }
 
+/// How often a replica takes in the action history the others wrote.
+const HISTORY_REFRESH: Duration = Duration::from_secs(2);
+
+/// On a shared store, read the others' history now and then (novelty and
+/// approval counts are then the replicas' together).
+async fn refresh_history(
+    history: Arc<History>,
+    store: Arc<dyn Store>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(HISTORY_REFRESH) => {}
+            _ = stop.changed() => return,
+        }
+        let (h, s) = (history.clone(), store.clone());
+        match tokio::task::spawn_blocking(move || h.refresh(s.as_ref())).await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "reading the shared action history failed"),
+            Err(e) => tracing::warn!(error = %e, "history refresh task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -251,6 +275,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     ));
 
     tasks.push(tokio::spawn(handles.notify.clone().run(stop_rx.clone())));
+    if handles.store.shared() {
+        tasks.push(tokio::spawn(refresh_history(
+            handles.history.clone(),
+            handles.store.clone(),
+            stop_rx.clone(),
+        )));
+    }
     if config.audit.retain_days.is_some() || config.audit.retain_decisions_days.is_some() {
         tasks.push(tokio::spawn(crate::audit::run_retention(
             handles.store.clone(),

@@ -201,22 +201,38 @@ impl History {
         });
     }
 
-    /// Apply `f` and queue the new counters for the store. The send happens
-    /// under the map entry's lock, so the writer sees updates of one class in
-    /// the order they were made.
+    /// Apply `f` and queue what it changed for the store (increments, so
+    /// replicas sharing a store add up). The send happens under the map
+    /// entry's lock, so the writer sees updates of one class in order.
     fn update(&self, class: &ActionClass, f: impl FnOnce(&mut Stats)) {
         let mut entry = self.map.entry(class.key).or_default();
+        let before = entry.clone();
         f(&mut entry);
         let row = HistoryRow {
             fingerprint: class.fingerprint(),
             agent: class.agent.clone(),
             tool: class.tool.clone(),
             shape: class.shape.clone(),
-            stats: entry.clone(),
+            stats: entry.since(&before),
         };
         if self.tx.send(Msg::Row(row)).is_err() {
             tracing::error!("history writer has stopped; history is no longer persisted");
         }
+    }
+
+    /// Take in what other replicas wrote to a shared store: each counter
+    /// becomes the larger of ours and the store's (counters only grow, so
+    /// this never loses a count and settles on the total once all is written).
+    pub fn refresh(&self, store: &dyn Store) -> anyhow::Result<()> {
+        for row in store.load_history()? {
+            let Some(class) =
+                ActionClass::from_parts(&row.fingerprint, &row.agent, &row.tool, &row.shape)
+            else {
+                continue;
+            };
+            self.map.entry(class.key).or_default().absorb(&row.stats);
+        }
+        Ok(())
     }
 
     /// A human verdict on a gated call of `class`.
@@ -251,7 +267,7 @@ impl History {
     }
 }
 
-/// Drain whatever is queued, keep the newest counters per class, write them
+/// Drain whatever is queued, add up the changes per class, write them
 /// in one transaction, answer any flush waiters.
 fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<Msg>) {
     while let Ok(first) = rx.recv() {
@@ -263,9 +279,12 @@ fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<Msg>) {
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
-                Msg::Row(row) => {
-                    batch.insert(row.fingerprint.clone(), row);
-                }
+                Msg::Row(row) => match batch.get_mut(&row.fingerprint) {
+                    Some(queued) => queued.stats.add(&row.stats),
+                    None => {
+                        batch.insert(row.fingerprint.clone(), row);
+                    }
+                },
                 Msg::Flush(w) => waiters.push(w),
             }
             next = if waiters.is_empty() {
@@ -279,7 +298,7 @@ fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<Msg>) {
         let result = if rows.is_empty() {
             Ok(())
         } else {
-            store.save_history(&rows)
+            store.add_history(&rows)
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, rows = rows.len(), "persisting action history failed");

@@ -110,8 +110,17 @@ pub struct StoredSession {
 pub trait Store: prompts::PromptStore + notify::NotifyStore + Send + Sync + 'static {
     /// Every known action class.
     fn load_history(&self) -> anyhow::Result<Vec<HistoryRow>>;
-    /// Insert or replace these action classes, atomically.
-    fn save_history(&self, rows: &[HistoryRow]) -> anyhow::Result<()>;
+    /// Add these changes to the action classes, atomically: counters are
+    /// increments (`seen`, `approved`, `rejected`, `decision_ms_total`),
+    /// `first_seen` keeps the earliest, `last_seen` the latest, and
+    /// `last_decision` is replaced when given. Increments add up, so several
+    /// replicas can write the same class.
+    fn add_history(&self, deltas: &[HistoryRow]) -> anyhow::Result<()>;
+    /// Whether other processes write this store too (replicas on one
+    /// database): shared state is then read back now and then.
+    fn shared(&self) -> bool {
+        false
+    }
     /// A cheap check that the store answers and can be written (for `/readyz`).
     fn ping(&self) -> anyhow::Result<()>;
 

@@ -492,3 +492,29 @@ fn latch_migrate_brings_an_empty_database_up_to_date() {
     let store = PgStore::connect(&pg.url, None).unwrap();
     assert_eq!(store.migrate().unwrap(), 0);
 }
+
+#[tokio::test]
+async fn what_one_replica_carried_out_is_familiar_to_the_other() {
+    use latch::testing::*;
+    let Some(pg) = Postgres::start() else { return };
+    let up = Upstream::start().await;
+    let text = config_text(&up.url(), "").replace(
+        r#"url = "sqlite://latch.db""#,
+        &format!(r#"url = "{}""#, pg.url),
+    );
+    let a = TestLatch::start_text(text.clone(), TEST_POLICY).await;
+    let b = TestLatch::start_text(text, TEST_POLICY).await;
+    // The test policy denies a call on route `novel` once its class was seen.
+    assert_eq!(
+        call("POST", a.proxy(), "/tools/novel/x", r#"{"n": 1}"#)
+            .await
+            .status,
+        200
+    );
+    // B has not carried it out itself; it reads the shared history every
+    // 2 s, so after two of its reads it knows.
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    let denied = call("POST", b.proxy(), "/tools/novel/x", r#"{"n": 2}"#).await;
+    assert_eq!(denied.status, 403, "{:?}", denied.body);
+    assert_eq!(denied.json()["code"], "seen_before");
+}

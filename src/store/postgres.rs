@@ -229,7 +229,7 @@ impl Store for PgStore {
             .collect()
     }
 
-    fn save_history(&self, rows: &[HistoryRow]) -> anyhow::Result<()> {
+    fn add_history(&self, rows: &[HistoryRow]) -> anyhow::Result<()> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
         let stmt = tx.prepare(
@@ -238,9 +238,13 @@ impl Store for PgStore {
                 last_decision, decision_ms_total)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (fingerprint) DO UPDATE SET
-               seen = excluded.seen, first_seen = excluded.first_seen, last_seen = excluded.last_seen,
-               approved = excluded.approved, rejected = excluded.rejected,
-               last_decision = excluded.last_decision, decision_ms_total = excluded.decision_ms_total",
+               seen = action_history.seen + excluded.seen,
+               first_seen = LEAST(action_history.first_seen, excluded.first_seen),
+               last_seen = GREATEST(action_history.last_seen, excluded.last_seen),
+               approved = action_history.approved + excluded.approved,
+               rejected = action_history.rejected + excluded.rejected,
+               last_decision = COALESCE(excluded.last_decision, action_history.last_decision),
+               decision_ms_total = action_history.decision_ms_total + excluded.decision_ms_total",
         )?;
         for row in rows {
             let s = &row.stats;
@@ -263,6 +267,10 @@ impl Store for PgStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     fn ping(&self) -> anyhow::Result<()> {

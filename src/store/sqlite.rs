@@ -216,7 +216,7 @@ impl Store for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
     }
 
-    fn save_history(&self, rows: &[HistoryRow]) -> anyhow::Result<()> {
+    fn add_history(&self, rows: &[HistoryRow]) -> anyhow::Result<()> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         {
@@ -226,9 +226,12 @@ impl Store for SqliteStore {
                     decision_ms_total)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT(fingerprint) DO UPDATE SET
-                   seen = excluded.seen, first_seen = excluded.first_seen, last_seen = excluded.last_seen,
-                   approved = excluded.approved, rejected = excluded.rejected,
-                   last_decision = excluded.last_decision, decision_ms_total = excluded.decision_ms_total",
+                   seen = seen + excluded.seen,
+                   first_seen = MIN(COALESCE(first_seen, excluded.first_seen), COALESCE(excluded.first_seen, first_seen)),
+                   last_seen = MAX(COALESCE(last_seen, excluded.last_seen), COALESCE(excluded.last_seen, last_seen)),
+                   approved = approved + excluded.approved, rejected = rejected + excluded.rejected,
+                   last_decision = COALESCE(excluded.last_decision, last_decision),
+                   decision_ms_total = decision_ms_total + excluded.decision_ms_total",
             )?;
             for row in rows {
                 let s = &row.stats;

@@ -24,13 +24,22 @@ fn history_round_trips_across_reopen() {
     let path = dir.path().join("sub/latch.db");
     {
         let s = SqliteStore::open(&path, None).unwrap();
-        s.save_history(&[row("a", 1), row("b", 2)]).unwrap();
-        s.save_history(&[row("a", 5)]).unwrap();
+        s.add_history(&[row("a", 1), row("b", 2)]).unwrap();
+        let mut later = row("a", 5);
+        later.stats.first_seen = Some(30);
+        later.stats.last_seen = Some(40);
+        later.stats.last_decision = None;
+        s.add_history(&[later]).unwrap();
     }
     let s = SqliteStore::open(&path, None).unwrap();
     let mut rows = s.load_history().unwrap();
     rows.sort_by(|x, y| x.fingerprint.cmp(&y.fingerprint));
-    assert_eq!(rows, vec![row("a", 5), row("b", 2)]);
+    // Increments add up; the earliest first and latest last sighting stay.
+    let mut a = row("a", 6);
+    a.stats.approved = 2;
+    a.stats.decision_ms_total = 3000;
+    a.stats.last_seen = Some(40);
+    assert_eq!(rows, vec![a, row("b", 2)]);
     s.ping().unwrap();
 }
 
