@@ -156,3 +156,64 @@ async fn alert_rules_and_dashboard_use_only_exported_metrics() {
         }
     }
 }
+
+/// The Kubernetes kit: its `latch.toml` is a valid config (with the
+/// Secret's variables set) for replicas on PostgreSQL, and the manifests
+/// run three replicas with the probes and the disruption budget.
+#[test]
+fn the_kubernetes_config_checks_and_the_manifests_run_three_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let text = deploy_file("kubernetes/latch.toml")
+        .replace("/usr/share/latch/policies", &policies.display().to_string());
+    assert!(text.contains("url_env = \"LATCH_DATABASE_URL\""));
+    std::fs::write(dir.path().join("latch.toml"), text).unwrap();
+    let manifests = deploy_file("kubernetes/latch.yaml");
+    // Every variable the config reads is set from the Secret.
+    let vars = [
+        "LATCH_DATABASE_URL",
+        "LATCH_AUDIT_KEY",
+        "LATCH_METRICS_TOKEN",
+        "SUPPORT_BOT_TOKEN",
+        "ALICE_TOKEN",
+        "CAROL_TOKEN",
+        "EMAIL_API_KEY",
+    ];
+    let mut check = std::process::Command::new(env!("CARGO_BIN_EXE_latch"));
+    check
+        .args(["check", "--config"])
+        .arg(dir.path().join("latch.toml"));
+    for v in vars {
+        assert!(
+            manifests.contains(&format!("name: {v}")),
+            "{v} is not set by the Deployment"
+        );
+        check.env(v, "0123456789abcdef0123456789abcdef");
+    }
+    check.env(
+        "LATCH_DATABASE_URL",
+        "postgres://latch:secret@postgres:5432/latch",
+    );
+    let out = check.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "replicas: 3",
+        "path: /readyz",
+        "path: /healthz",
+        "kind: PodDisruptionBudget",
+        "minAvailable: 2",
+        "kind: Service",
+    ] {
+        assert!(manifests.contains(needle), "{needle}");
+    }
+    let kustomization = deploy_file("kubernetes/kustomization.yaml");
+    assert!(kustomization.contains("latch.toml") && kustomization.contains("latch.yaml"));
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("/usr/share/latch/policies"));
+}
