@@ -173,7 +173,8 @@ upstream = "http://127.0.0.1:9"
     )
 }
 
-pub(super) fn test_env() -> BTreeMap<String, String> {
+/// The environment the test configs read (agent token, upstream key).
+pub fn test_env() -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("BOT_TOKEN".to_string(), AGENT_TOKEN.to_string());
     env.insert(
