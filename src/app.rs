@@ -31,10 +31,14 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &config.store {
         StoreConfig::Sqlite(path) => Arc::new(SqliteStore::open(path, config.audit.key.clone())?),
         StoreConfig::SqliteMemory => Arc::new(SqliteStore::memory(config.audit.key.clone())?),
-        StoreConfig::Postgres(url) => Arc::new(crate::store::postgres::PgStore::connect(
-            &url.0,
-            config.audit.key.clone(),
-        )?),
+        StoreConfig::Postgres { url, ca_file } => {
+            let tls = crate::tls::client_config(&crate::tls::system_roots(), ca_file.as_deref())?;
+            Arc::new(crate::store::postgres::PgStore::connect(
+                &url.0,
+                config.audit.key.clone(),
+                Arc::new(tls),
+            )?)
+        }
     })
 }
 

@@ -172,8 +172,13 @@ pub enum StoreConfig {
     Sqlite(PathBuf),
     /// SQLite in memory (tests; nothing survives a restart).
     SqliteMemory,
-    /// PostgreSQL, shared by any number of replicas (the URL may hold a password).
-    Postgres(Secret),
+    /// PostgreSQL, shared by any number of replicas.
+    Postgres {
+        /// The URL (it may hold a password).
+        url: Secret,
+        /// Extra CA bundle trusted for TLS to the server.
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// `[policy]`

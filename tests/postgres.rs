@@ -12,6 +12,12 @@ use latch::store::{Inserted, Store};
 use latch::testing::Postgres;
 use serde_json::json;
 
+/// A store on `url`, trusting nothing beyond the system roots for TLS.
+fn store(url: &str) -> PgStore {
+    let tls = latch::tls::client_config(&rustls::RootCertStore::empty(), None).unwrap();
+    PgStore::connect(url, None, Arc::new(tls)).unwrap()
+}
+
 fn event(subject: &str) -> Event {
     Event::new("bot", "decision", subject, json!({"action": "allow"}))
 }
@@ -19,9 +25,9 @@ fn event(subject: &str) -> Event {
 #[test]
 fn two_stores_on_one_database_write_one_unbroken_chain() {
     let Some(pg) = Postgres::start() else { return };
-    let a = Arc::new(PgStore::connect(&pg.url, None).unwrap());
+    let a = Arc::new(store(&pg.url));
     // A second replica migrates nothing and shares everything.
-    let b = Arc::new(PgStore::connect(&pg.url, None).unwrap());
+    let b = Arc::new(store(&pg.url));
     assert_eq!(b.migrate().unwrap(), 0);
     let writers: Vec<_> = [a.clone(), b.clone()]
         .into_iter()
@@ -53,8 +59,8 @@ fn two_stores_on_one_database_write_one_unbroken_chain() {
 #[test]
 fn approvals_are_shared_and_a_change_wins_once() {
     let Some(pg) = Postgres::start() else { return };
-    let a = PgStore::connect(&pg.url, None).unwrap();
-    let b = PgStore::connect(&pg.url, None).unwrap();
+    let a = store(&pg.url);
+    let b = store(&pg.url);
     let mut approval = latch::testing::sample_approval("ap-1", "bot");
     approval.idempotency_key = Some("k1".into());
     assert_eq!(
@@ -96,8 +102,8 @@ fn approvals_are_shared_and_a_change_wins_once() {
 #[test]
 fn each_notification_delivery_goes_to_one_replica() {
     let Some(pg) = Postgres::start() else { return };
-    let a = PgStore::connect(&pg.url, None).unwrap();
-    let b = PgStore::connect(&pg.url, None).unwrap();
+    let a = store(&pg.url);
+    let b = store(&pg.url);
     let d = |n: usize| NewDelivery {
         approval: format!("ap-{n}"),
         channel: "slack".into(),
@@ -489,7 +495,7 @@ fn latch_migrate_brings_an_empty_database_up_to_date() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("version {n}")));
     // Twice is fine: nothing left to apply.
     assert!(run().status.success());
-    let store = PgStore::connect(&pg.url, None).unwrap();
+    let store = store(&pg.url);
     assert_eq!(store.migrate().unwrap(), 0);
 }
 
@@ -517,4 +523,81 @@ async fn what_one_replica_carried_out_is_familiar_to_the_other() {
     let denied = call("POST", b.proxy(), "/tools/novel/x", r#"{"n": 2}"#).await;
     assert_eq!(denied.status, 403, "{:?}", denied.body);
     assert_eq!(denied.json()["code"], "seen_before");
+}
+
+mod tls {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use latch::store::postgres::PgStore;
+    use latch::testing::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tls")
+            .join(name)
+    }
+
+    fn tls_config(ca: Option<&std::path::Path>) -> Arc<rustls::ClientConfig> {
+        Arc::new(latch::tls::client_config(&rustls::RootCertStore::empty(), ca).unwrap())
+    }
+
+    #[tokio::test]
+    async fn latch_talks_to_postgresql_over_verified_tls() {
+        let Some(pg) = Postgres::start_tls(&fixture("server.pem"), &fixture("server.key")) else {
+            return;
+        };
+        let url = format!(
+            "postgres://latch@localhost:{}/postgres?sslmode=require",
+            pg.port
+        );
+        // An unknown issuer is refused; the test CA is trusted through ca_file.
+        let refused = std::thread::spawn({
+            let url = url.clone();
+            move || {
+                PgStore::connect(&url, None, tls_config(None))
+                    .err()
+                    .map(|e| format!("{e:#}"))
+            }
+        })
+        .join()
+        .unwrap();
+        assert!(
+            refused.is_some_and(|e| e.contains("certificate") || e.contains("Certificate")),
+            "an unverified server is refused"
+        );
+        let up = Upstream::start().await;
+        let text = config_text(&up.url(), "").replace(
+            r#"url = "sqlite://latch.db""#,
+            &format!(
+                "url = \"{url}\"\nca_file = \"{}\"",
+                fixture("ca.pem").display()
+            ),
+        );
+        let latch = TestLatch::start_text(text, TEST_POLICY).await;
+        let ok = call("POST", latch.proxy(), "/tools/echo/x", "{}").await;
+        assert_eq!(ok.status, 200);
+        // The server saw encrypted connections from Latch.
+        let port = pg.port;
+        let count = std::thread::spawn(move || {
+            let plain = format!("postgres://latch@127.0.0.1:{port}/postgres");
+            let mut c = postgres::Client::connect(&plain, postgres::NoTls).unwrap();
+            let sql = "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                       WHERE s.ssl AND a.application_name = 'latch'";
+            c.query_one(sql, &[]).unwrap().get::<_, i64>(0)
+        })
+        .join()
+        .unwrap();
+        assert!(count >= 1, "Latch's connections use TLS");
+    }
+
+    #[test]
+    fn sslmode_require_against_a_server_without_tls_is_refused() {
+        let Some(pg) = Postgres::start() else { return };
+        let url = format!("{}?sslmode=require", pg.url);
+        let err = PgStore::connect(&url, None, tls_config(None))
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert!(err.is_some(), "no silent fallback to plain text");
+    }
 }

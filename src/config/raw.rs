@@ -117,6 +117,8 @@ pub struct RawStore {
     pub url: Option<Spanned<String>>,
     /// The environment variable holding the URL (keeps a password out of the file).
     pub url_env: Option<Spanned<String>>,
+    /// Extra PEM CA bundle trusted for TLS to PostgreSQL.
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// `[policy]`

@@ -249,7 +249,7 @@ slack_user = "U0LENA"
 fn a_postgres_store_comes_from_url_or_url_env_and_never_echoes_its_password() {
     let c = parse("[store]\nurl = \"postgres://latch:pw@db:5432/latch\"\n").unwrap();
     assert!(
-        matches!(&c.store, StoreConfig::Postgres(u) if u.0 == "postgres://latch:pw@db:5432/latch")
+        matches!(&c.store, StoreConfig::Postgres { url: u, .. } if u.0 == "postgres://latch:pw@db:5432/latch")
     );
     assert!(
         !format!("{:?}", c.store).contains("pw"),

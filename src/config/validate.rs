@@ -453,6 +453,10 @@ impl Validator<'_> {
     /// `[store]`: `url` (SQLite file, SQLite in memory, or PostgreSQL) or
     /// `url_env` naming the variable that holds it.
     fn store(&mut self, raw: raw::RawStore, base: &Path, env: &dyn Env) -> StoreConfig {
+        let ca_file = raw
+            .ca_file
+            .as_ref()
+            .map(|c| self.path(base, c, "store.ca_file", true));
         let (url, span, key) = match (raw.url, raw.url_env) {
             (Some(_), Some(var)) => {
                 self.error(
@@ -488,7 +492,10 @@ impl Validator<'_> {
                     format!("the PostgreSQL URL does not parse: {e}"),
                 );
             }
-            StoreConfig::Postgres(Secret(url))
+            StoreConfig::Postgres {
+                url: Secret(url),
+                ca_file,
+            }
         } else {
             // Never echo the value: it may hold a password.
             self.error(

@@ -14,13 +14,14 @@ mod listen;
 pub mod migrations;
 mod notify;
 mod prompts;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use postgres::{Client, NoTls, Row, Transaction};
+use postgres::{Client, Row, Transaction};
 
 use super::{ApprovalQuery, ChangeHook, HistoryRow, Inserted, Store, StoredSession};
 use crate::audit::chain::{AuditKey, Checkpoint, Event, Head, Record};
@@ -36,6 +37,7 @@ const MAX_IDLE: usize = 16;
 /// PostgreSQL-backed [`Store`].
 pub struct PgStore {
     config: postgres::Config,
+    tls: tls::Rustls,
     idle: Mutex<Vec<Client>>,
     /// Key for record MACs and the keyed head (never stored).
     key: Option<AuditKey>,
@@ -84,14 +86,21 @@ impl Drop for Conn<'_> {
 }
 
 impl PgStore {
-    /// Connect to `url` (`postgres://user:pass@host:port/db`) and migrate.
-    pub fn connect(url: &str, key: Option<AuditKey>) -> anyhow::Result<PgStore> {
+    /// Connect to `url` (`postgres://user:pass@host:port/db[?sslmode=require]`)
+    /// and migrate; TLS (when the server and `sslmode` call for it) trusts
+    /// what `tls` trusts.
+    pub fn connect(
+        url: &str,
+        key: Option<AuditKey>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> anyhow::Result<PgStore> {
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e| anyhow!("the PostgreSQL URL does not parse: {e}"))?;
         config.connect_timeout(Duration::from_secs(5));
         config.application_name("latch");
         let store = PgStore {
+            tls: tls::Rustls(tls),
             config,
             idle: Mutex::new(Vec::new()),
             key,
@@ -143,7 +152,7 @@ impl PgStore {
             Some(c) => c,
             None => self
                 .config
-                .connect(NoTls)
+                .connect(self.tls.clone())
                 .context("connecting to PostgreSQL")?,
         };
         Ok(Conn {
@@ -594,10 +603,10 @@ impl Store for PgStore {
     }
 
     fn watch_changes(&self, changed: ChangeHook) -> anyhow::Result<()> {
-        let (config, stop) = (self.config.clone(), self.stop.clone());
+        let (config, tls, stop) = (self.config.clone(), self.tls.clone(), self.stop.clone());
         std::thread::Builder::new()
             .name("latch-pg-listen".into())
-            .spawn(move || listen::run(config, changed, stop))?;
+            .spawn(move || listen::run(config, tls, changed, stop))?;
         Ok(())
     }
 

@@ -15,6 +15,8 @@ pub struct Postgres {
     bin: PathBuf,
     data: PathBuf,
     user: Option<&'static str>,
+    /// Extra server settings (`-c key=value …`).
+    settings: String,
     _dir: tempfile::TempDir,
 }
 
@@ -44,6 +46,15 @@ impl Postgres {
     /// Start one, or `None` without the binaries (a test then skips, unless
     /// `LATCH_REQUIRE_POSTGRES=1`).
     pub fn start() -> Option<Postgres> {
+        Self::start_with(None)
+    }
+
+    /// Start one that also speaks TLS with `cert` and `key` (PEM files).
+    pub fn start_tls(cert: &Path, key: &Path) -> Option<Postgres> {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> Option<Postgres> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var("LATCH_REQUIRE_POSTGRES").as_deref() != Ok("1"),
@@ -64,7 +75,33 @@ impl Postgres {
             assert!(ok, "chown of the PostgreSQL directory failed");
         }
         let port = super::free_addr().port();
+        let mut settings = String::new();
+        if let Some((cert, key)) = tls {
+            for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                std::fs::copy(from, dir.path().join(name)).expect("copy TLS file");
+            }
+            let key = dir.path().join("server.key");
+            let ok = Command::new("chmod")
+                .arg("600")
+                .arg(&key)
+                .status()
+                .is_ok_and(|s| s.success())
+                && user.is_none_or(|u| {
+                    Command::new("chown")
+                        .args(["-R", u])
+                        .arg(dir.path())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                });
+            assert!(ok, "preparing the TLS key failed");
+            settings = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                dir.path().join("server.crt").display(),
+                key.display()
+            );
+        }
         let pg = Postgres {
+            settings,
             url: format!("postgres://latch@127.0.0.1:{port}/postgres"),
             port,
             bin,
@@ -135,8 +172,8 @@ impl Postgres {
             .display()
             .to_string();
         let opts = format!(
-            "-p {} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            self.port
+            "-p {} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200{}",
+            self.port, self.settings
         );
         let log = format!("{socket_dir}/server.log");
         self.run(

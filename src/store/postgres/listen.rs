@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::NoTls;
 
 use crate::store::ChangeHook;
 
@@ -22,11 +21,16 @@ const TICK: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Listen until `stop`.
-pub(super) fn run(config: postgres::Config, changed: ChangeHook, stop: Arc<AtomicBool>) {
+pub(super) fn run(
+    config: postgres::Config,
+    tls: super::tls::Rustls,
+    changed: ChangeHook,
+    stop: Arc<AtomicBool>,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     while !stop.load(Ordering::Relaxed) {
-        let mut client = match config.connect(NoTls) {
+        let mut client = match config.connect(tls.clone()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "PostgreSQL change listener cannot connect; retrying");
