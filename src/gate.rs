@@ -48,6 +48,13 @@ use waiters::Waiters;
 
 /// How often the queue-age gauge is refreshed from the store.
 const QUEUE_MEASURE_EVERY: Duration = Duration::from_secs(5);
+/// On a shared store, how often a replica settles what others left.
+const SETTLE_EVERY: Duration = Duration::from_secs(5);
+/// An approved call still unsent after this long lost its replica.
+const APPROVED_UNSENT_MS: i64 = 5_000;
+/// Beyond the slowest route's timeout, an execution still marked running
+/// lost its replica.
+const STALE_MARGIN_MS: i64 = 30_000;
 
 /// Why the gate refused a request.
 #[derive(Debug, thiserror::Error)]
@@ -456,11 +463,20 @@ impl Gate {
     pub async fn run_deadlines(self, period: Duration, stop: tokio::sync::watch::Receiver<bool>) {
         let mut ticker = crate::ticker::Ticker::new(period, stop);
         let mut measured = std::time::Instant::now() - QUEUE_MEASURE_EVERY;
+        let mut settled = std::time::Instant::now();
+        let shared = self.parts().store.shared();
         while ticker.next().await {
             self.expire_due().await;
             if measured.elapsed() >= QUEUE_MEASURE_EVERY {
                 measured = std::time::Instant::now();
                 self.measure_queue().await;
+            }
+            // Replicas come and go: what one left unfinished, another settles.
+            if shared && settled.elapsed() >= SETTLE_EVERY {
+                settled = std::time::Instant::now();
+                if let Err(e) = self.settle_unfinished().await {
+                    tracing::warn!(error = %e, "settling unfinished approvals failed");
+                }
             }
         }
     }
@@ -510,14 +526,45 @@ impl Gate {
         self.load_grants()
             .await
             .map_err(|e| anyhow::anyhow!("loading grants: {e}"))?;
-        for state in [State::Executing, State::Approved, State::Pending] {
+        self.settle_unfinished().await?;
+        let store = self.parts().store.clone();
+        let pending =
+            blocking(move || store.approvals(Some(State::Pending), usize::MAX >> 1)).await?;
+        for a in pending {
+            self.parts()
+                .metrics
+                .approvals_pending
+                .with_label_values(&[a.risk().as_str()])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Approvals a process left unfinished: an execution interrupted (the
+    /// call is never re-sent: at most once) fails; an approved call nobody
+    /// sent is sent. On a store other replicas share, only what has been
+    /// left long enough that its replica must be gone: an execution older
+    /// than the slowest route's timeout, an approval older than a few
+    /// seconds (its own replica sends it at once).
+    pub async fn settle_unfinished(&self) -> anyhow::Result<()> {
+        let shared = self.parts().store.shared();
+        let now = self.now_ms();
+        let slowest = self
+            .parts()
+            .routes
+            .iter()
+            .map(|r| r.config.timeout.as_millis() as i64)
+            .max()
+            .unwrap_or(0);
+        for state in [State::Executing, State::Approved] {
             let store = self.parts().store.clone();
             let list = blocking(move || store.approvals(Some(state), usize::MAX >> 1)).await?;
             for a in list {
+                let age = now - a.decided_at.unwrap_or(a.created_at);
                 match state {
-                    State::Executing => {
+                    State::Executing if !shared || age > slowest + STALE_MARGIN_MS => {
                         let why = "Latch stopped while sending; not retried (at most once)";
-                        let next = a.close(State::Failed, Some(why.into()), self.now_ms());
+                        let next = a.close(State::Failed, Some(why.into()), now);
                         let event = Event::new("latch", "execute_interrupted", &a.id, json!({}));
                         if self
                             .commit(a.version, &next, vec![event], None)
@@ -531,16 +578,11 @@ impl Gate {
                                 .inc();
                         }
                     }
-                    State::Approved => {
+                    State::Approved if !shared || age > APPROVED_UNSENT_MS => {
                         let gate = self.clone();
                         tokio::spawn(async move { gate.execute(&a.id).await });
                     }
-                    _ => self
-                        .parts()
-                        .metrics
-                        .approvals_pending
-                        .with_label_values(&[a.risk().as_str()])
-                        .inc(),
+                    _ => {}
                 }
             }
         }
