@@ -223,7 +223,7 @@ async fn login(
         return Ok(redirect("/?login=failed", None));
     };
     tracing::info!(principal = %p.id, "dashboard login");
-    let (id, _) = admin.sessions.create(p).map_err(AdminError::Store)?;
+    let (id, _) = admin.sessions.create(p).await.map_err(AdminError::Store)?;
     Ok(redirect("/", Some(session::set_cookie(Some(&id), tls))))
 }
 
@@ -233,7 +233,7 @@ async fn logout(
     req: Request<Body>,
     tls: bool,
 ) -> Result<Response<Body>, AdminError> {
-    let Some((id, s)) = admin.sessions.from_headers(req.headers()) else {
+    let Some((id, s)) = admin.sessions.from_headers(req.headers()).await else {
         return Ok(redirect("/", Some(session::set_cookie(None, tls))));
     };
     let header = req
@@ -248,7 +248,7 @@ async fn logout(
     if !session::csrf_ok(&s, presented.as_deref()) {
         return Err(AdminError::Csrf { principal: None });
     }
-    admin.sessions.remove(&id);
+    admin.sessions.remove(&id).await;
     Ok(redirect("/", Some(session::set_cookie(None, tls))))
 }
 

@@ -487,7 +487,13 @@ impl Gate {
     pub async fn changed_elsewhere(&self, id: Option<String>) {
         match id.as_deref().map(|i| (i, i.strip_prefix("grant:"))) {
             Some((_, Some(grant))) => self.reload_grant(grant).await,
-            Some((approval, None)) => self.0.waiters.wake(approval),
+            Some((approval, None)) => {
+                self.0.waiters.wake(approval);
+                // Dashboards and the notifier here hear of it too.
+                if let Ok(a) = self.approval(approval).await {
+                    self.publish(&a);
+                }
+            }
             None => {
                 self.0.waiters.wake_all();
                 if let Err(e) = self.load_grants().await {

@@ -601,3 +601,41 @@ mod tls {
         assert!(err.is_some(), "no silent fallback to plain text");
     }
 }
+
+#[tokio::test]
+async fn a_dashboard_session_opened_on_one_replica_works_on_the_other() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use latch::testing::*;
+    let Some(pg) = Postgres::start() else { return };
+    let up = Upstream::start().await;
+    let text = config_text(&up.url(), "").replace(
+        r#"url = "sqlite://latch.db""#,
+        &format!(r#"url = "{}""#, pg.url),
+    );
+    let a = TestLatch::start_text(text.clone(), TEST_POLICY).await;
+    let b = TestLatch::start_text(text, TEST_POLICY).await;
+    let login = send(
+        http::Request::post(format!("http://{}/login", a.admin()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from_static(b"token=alice-token")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(login.status, 303);
+    let cookie = login
+        .header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let on_b = send(
+        http::Request::get(format!("http://{}/api/v1/session", b.admin()))
+            .header("cookie", cookie)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(on_b.status, 200, "{:?}", on_b.body);
+    assert_eq!(on_b.json()["principal"], "alice");
+}

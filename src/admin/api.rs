@@ -31,7 +31,7 @@ pub(super) async fn handle(
     params: Vec<String>,
     conn: &ConnInfo,
 ) -> Response<Body> {
-    let answer = match authenticate(admin, &req, conn.peer.ip()) {
+    let answer = match authenticate(admin, &req, conn.peer.ip()).await {
         Ok(human) if super::prompts::serves(op) => {
             super::prompts::serve(admin, req, op, &params, &human, conn).await
         }
@@ -84,7 +84,11 @@ async fn serve(
             Ok(ok(&json!({"status": "reloaded", "hash": hash})))
         }
         ApiOp::Session => {
-            let session = admin.sessions.from_headers(req.headers()).map(|(_, s)| s);
+            let session = admin
+                .sessions
+                .from_headers(req.headers())
+                .await
+                .map(|(_, s)| s);
             let break_glass = admin.break_glass_roles.iter().any(|r| human.has_role(r));
             Ok(ok(
                 &json!({"principal": human.id, "roles": human.roles, "csrf": session.map(|s| s.csrf),
@@ -254,14 +258,14 @@ async fn list(admin: &Admin, query: &Query) -> Result<Value, AdminError> {
 /// CSRF token. Agents are refused.
 /// Failed attempts count against the source address, and against the
 /// principal where one is known (a wrong CSRF token, an agent's token).
-fn authenticate(
+async fn authenticate(
     admin: &Admin,
     req: &Request<Body>,
     peer: std::net::IpAddr,
 ) -> Result<Arc<Principal>, AdminError> {
     let ip = Key::Ip(peer);
     admin.throttle.check(ip).map_err(AdminError::Throttled)?;
-    let result = authenticate_unthrottled(admin, req);
+    let result = authenticate_unthrottled(admin, req).await;
     match &result {
         Ok(p) => {
             let key = Key::Principal(&p.id);
@@ -279,7 +283,7 @@ fn authenticate(
     result
 }
 
-fn authenticate_unthrottled(
+async fn authenticate_unthrottled(
     admin: &Admin,
     req: &Request<Body>,
 ) -> Result<Arc<Principal>, AdminError> {
@@ -293,6 +297,7 @@ fn authenticate_unthrottled(
             let (_, session) = admin
                 .sessions
                 .from_headers(headers)
+                .await
                 .ok_or(AdminError::NoCredentials)?;
             let safe = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
             let presented = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());

@@ -15,7 +15,7 @@ use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::identity::{Directory, Principal};
-use crate::store::{Store, StoredSession};
+use crate::store::{blocking, Store, StoredSession};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "latch_session";
@@ -68,7 +68,7 @@ impl Sessions {
     }
 
     /// Start a session; returns its id. Fails when the store cannot keep it.
-    pub fn create(&self, principal: Arc<Principal>) -> anyhow::Result<(String, Session)> {
+    pub async fn create(&self, principal: Arc<Principal>) -> anyhow::Result<(String, Session)> {
         let id = random_hex();
         let s = Session {
             principal,
@@ -76,12 +76,14 @@ impl Sessions {
             last_used: Instant::now(),
             stored: Instant::now(),
         };
-        self.store.save_session(&StoredSession {
+        let stored = StoredSession {
             id_sha256: id_digest(&id),
             principal: s.principal.id.clone(),
             csrf: s.csrf.clone(),
             last_used: unix_now(),
-        })?;
+        };
+        let store = self.store.clone();
+        blocking(move || store.save_session(&stored)).await?;
         // Drop expired sessions now and then, so the map cannot grow forever.
         if self.map.len().is_multiple_of(64) {
             self.map.retain(|_, s| s.last_used.elapsed() < IDLE);
@@ -92,36 +94,47 @@ impl Sessions {
 
     /// The session named by the request's cookie, if live (from the store
     /// after a restart).
-    pub fn from_headers(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+    pub async fn from_headers(&self, headers: &HeaderMap) -> Option<(String, Session)> {
         let id = cookie(headers, COOKIE)?;
         if !self.map.contains_key(&id) {
-            let loaded = self.load(&id)?;
+            let loaded = self.load(&id).await?;
             self.map.insert(id.clone(), loaded);
         }
-        let mut entry = self.map.get_mut(&id)?;
-        if entry.last_used.elapsed() >= IDLE {
-            drop(entry);
-            self.remove(&id);
+        // The map entry is let go before anything waits on the store.
+        let (session, touched) = {
+            let mut entry = self.map.get_mut(&id)?;
+            if entry.last_used.elapsed() >= IDLE {
+                (None, None)
+            } else {
+                entry.last_used = Instant::now();
+                let touched = (entry.stored.elapsed() >= TOUCH_EVERY).then(|| {
+                    entry.stored = Instant::now();
+                    StoredSession {
+                        id_sha256: id_digest(&id),
+                        principal: entry.principal.id.clone(),
+                        csrf: entry.csrf.clone(),
+                        last_used: unix_now(),
+                    }
+                });
+                (Some(entry.clone()), touched)
+            }
+        };
+        let Some(session) = session else {
+            self.remove(&id).await;
             return None;
-        }
-        entry.last_used = Instant::now();
-        if entry.stored.elapsed() >= TOUCH_EVERY {
-            entry.stored = Instant::now();
-            let touched = StoredSession {
-                id_sha256: id_digest(&id),
-                principal: entry.principal.id.clone(),
-                csrf: entry.csrf.clone(),
-                last_used: unix_now(),
-            };
-            if let Err(e) = self.store.save_session(&touched) {
+        };
+        if let Some(touched) = touched {
+            let store = self.store.clone();
+            if let Err(e) = blocking(move || store.save_session(&touched)).await {
                 tracing::warn!(error = %e, "could not record a session's use");
             }
         }
-        Some((id, entry.clone()))
+        Some((id, session))
     }
 
-    fn load(&self, id: &str) -> Option<Session> {
-        let stored = match self.store.session(&id_digest(id)) {
+    async fn load(&self, id: &str) -> Option<Session> {
+        let (store, digest) = (self.store.clone(), id_digest(id));
+        let stored = match blocking(move || store.session(&digest)).await {
             Ok(s) => s?,
             Err(e) => {
                 tracing::warn!(error = %e, "reading a session failed");
@@ -132,7 +145,7 @@ impl Sessions {
         // A principal removed from the config loses its sessions too.
         let principal = self.directory.get(&stored.principal)?.clone();
         if idle >= IDLE.as_secs() {
-            self.remove(id);
+            self.remove(id).await;
             return None;
         }
         let last_used = Instant::now()
@@ -147,9 +160,10 @@ impl Sessions {
     }
 
     /// End a session.
-    pub fn remove(&self, id: &str) {
+    pub async fn remove(&self, id: &str) {
         self.map.remove(id);
-        if let Err(e) = self.store.delete_session(&id_digest(id)) {
+        let (store, digest) = (self.store.clone(), id_digest(id));
+        if let Err(e) = blocking(move || store.delete_session(&digest)).await {
             tracing::warn!(error = %e, "could not delete a session");
         }
     }
@@ -208,10 +222,10 @@ mod tests {
         (Sessions::new(store.clone(), dir.clone()), p, store, dir)
     }
 
-    #[test]
-    fn sessions_survive_a_restart_through_the_store() {
+    #[tokio::test]
+    async fn sessions_survive_a_restart_through_the_store() {
         let (s, p, store, dir) = setup();
-        let (id, session) = s.create(p).unwrap();
+        let (id, session) = s.create(p).await.unwrap();
         let mut h = HeaderMap::new();
         h.insert(
             http::header::COOKIE,
@@ -219,30 +233,30 @@ mod tests {
         );
         // A new process: empty cache, same store.
         let again = Sessions::new(store, dir);
-        let (_, got) = again.from_headers(&h).unwrap();
+        let (_, got) = again.from_headers(&h).await.unwrap();
         assert_eq!(got.principal.id, "alice");
         assert!(csrf_ok(&got, Some(&session.csrf)));
-        again.remove(&id);
+        again.remove(&id).await;
         assert!(s.store.session(&id_digest(&id)).unwrap().is_none());
     }
 
-    #[test]
-    fn sessions_round_trip_through_the_cookie() {
+    #[tokio::test]
+    async fn sessions_round_trip_through_the_cookie() {
         let (s, p, _, _) = setup();
-        let (id, session) = s.create(p).unwrap();
+        let (id, session) = s.create(p).await.unwrap();
         let mut h = HeaderMap::new();
         h.insert(
             http::header::COOKIE,
             format!("other=1; {COOKIE}={id}").parse().unwrap(),
         );
-        let (found, got) = s.from_headers(&h).unwrap();
+        let (found, got) = s.from_headers(&h).await.unwrap();
         assert_eq!(found, id);
         assert_eq!(got.principal.id, "alice");
         assert!(csrf_ok(&got, Some(&session.csrf)));
         assert!(!csrf_ok(&got, Some("guess")));
         assert!(!csrf_ok(&got, None));
-        s.remove(&id);
-        assert!(s.from_headers(&h).is_none());
+        s.remove(&id).await;
+        assert!(s.from_headers(&h).await.is_none());
     }
 
     #[test]
