@@ -177,13 +177,47 @@ mod replicas {
         );
     }
 
+    /// A replica as its own `latch serve` process: (process, proxy, admin).
+    fn spawn_replica(
+        pg: &Postgres,
+        upstream: &str,
+        dir: &std::path::Path,
+    ) -> (Proc, SocketAddr, SocketAddr) {
+        let (proxy, admin_addr) = (free_addr(), free_addr());
+        let text = config(pg, upstream)
+            .replacen(
+                r#"listen = "127.0.0.1:0""#,
+                &format!(r#"listen = "{proxy}""#),
+                1,
+            )
+            .replacen(
+                r#"listen = "127.0.0.1:0""#,
+                &format!(r#"listen = "{admin_addr}""#),
+                1,
+            );
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        std::fs::write(dir.join("policies/test.rego"), TEST_POLICY).unwrap();
+        std::fs::write(dir.join("latch.toml"), &text).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_latch"))
+            .envs(test_env())
+            .args(["serve", "--config"])
+            .arg(dir.join("latch.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(proxy);
+        wait_for(admin_addr);
+        (Proc(child), proxy, admin_addr)
+    }
+
     #[tokio::test]
     async fn a_call_held_on_one_replica_is_released_by_a_verdict_on_the_other() {
         let Some(pg) = Postgres::start() else { return };
         let up = Upstream::start().await;
-        let a = TestLatch::start_text(config(&pg, &up.url()), TEST_POLICY).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (_a, proxy, a_admin) = spawn_replica(&pg, &up.url(), dir.path());
         let b = TestLatch::start_text(config(&pg, &up.url()), TEST_POLICY).await;
-        let proxy = a.proxy();
         let held = tokio::spawn(async move {
             call("POST", proxy, "/tools/echo/send", &gated(LEAD_ONLY)).await
         });
@@ -193,19 +227,20 @@ mod replicas {
         assert_eq!(answer.status, 200, "{:?}", answer.body);
         assert_eq!(answer.header("latch-approval"), id);
         assert_eq!(up.requests().len(), 1);
-        assert_eq!(events(a.admin(), &id).await, ["gate", "approve", "execute"]);
-        verify(&a);
+        assert_eq!(events(a_admin, &id).await, ["gate", "approve", "execute"]);
+        verify(&b);
     }
 
     #[tokio::test]
     async fn concurrent_approvals_on_two_replicas_execute_once_and_deadlines_fire_once() {
         let Some(pg) = Postgres::start() else { return };
         let up = Upstream::start().await;
-        let a = TestLatch::start_text(config(&pg, &up.url()), TEST_POLICY).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (_a, a_proxy, a_admin) = spawn_replica(&pg, &up.url(), dir.path());
         let b = TestLatch::start_text(config(&pg, &up.url()), TEST_POLICY).await;
         for round in 0..5 {
             let key = format!("race-{round}");
-            let req = agent_request("POST", a.proxy(), "/tools/echo/send")
+            let req = agent_request("POST", a_proxy, "/tools/echo/send")
                 .header("content-type", "application/json")
                 .header("prefer", "respond-async")
                 .header("idempotency-key", key.as_str())
@@ -217,7 +252,7 @@ mod replicas {
                 .to_string();
             // Two leads approve at once, one on each replica.
             let (x, y) = tokio::join!(
-                approve(a.admin(), &id, "alice-token"),
+                approve(a_admin, &id, "alice-token"),
                 approve(b.admin(), &id, "carol-token")
             );
             assert!(x == 200 || y == 200, "{x} {y}");
@@ -237,9 +272,9 @@ mod replicas {
             .as_str()
             .unwrap()
             .to_string();
-        wait_state(a.admin(), &id, "expired").await;
+        wait_state(a_admin, &id, "expired").await;
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let ev = events(a.admin(), &id).await;
+        let ev = events(a_admin, &id).await;
         assert_eq!(
             ev.iter().filter(|e| e.starts_with("expire")).count(),
             1,
@@ -256,30 +291,7 @@ mod replicas {
         let b = TestLatch::start_text(config(&pg, &up.url()), TEST_POLICY).await;
         // Replica A is a real process, killed with SIGKILL.
         let dir = tempfile::tempdir().unwrap();
-        let (proxy_a, admin_a) = (free_addr(), free_addr());
-        let text = config(&pg, &up.url())
-            .replacen(
-                r#"listen = "127.0.0.1:0""#,
-                &format!(r#"listen = "{proxy_a}""#),
-                1,
-            )
-            .replacen(
-                r#"listen = "127.0.0.1:0""#,
-                &format!(r#"listen = "{admin_a}""#),
-                1,
-            );
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("policies/test.rego"), TEST_POLICY).unwrap();
-        std::fs::write(dir.path().join("latch.toml"), &text).unwrap();
-        let mut replica_a = std::process::Command::new(env!("CARGO_BIN_EXE_latch"))
-            .envs(&b.env)
-            .args(["serve", "--config"])
-            .arg(dir.path().join("latch.toml"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for(proxy_a);
+        let (mut replica_a, proxy_a, _) = spawn_replica(&pg, &up.url(), dir.path());
         let mut ids = Vec::new();
         for n in 0..3 {
             let req = agent_request("POST", proxy_a, "/tools/echo/send")
@@ -292,8 +304,8 @@ mod replicas {
             assert_eq!(r.status, 202);
             ids.push(r.json()["approval_id"].as_str().unwrap().to_string());
         }
-        replica_a.kill().unwrap();
-        replica_a.wait().unwrap();
+        replica_a.0.kill().unwrap();
+        replica_a.0.wait().unwrap();
         for id in &ids {
             assert_eq!(approve(b.admin(), id, "alice-token").await, 200);
             wait_state(b.admin(), id, "executed").await;
