@@ -17,7 +17,9 @@ deny contains f if {
 	f := data.latch.lib.finding("tool_not_offered", "high", sprintf("tool %q is not offered to %s", [input.action.tool, input.agent.id]))
 }
 
+# Quiet for catalog tools offered to everyone (tools with `visible_to` are
+# rare: they are always judged in full).
 quiet if {
 	data.latch_settings.tools[input.action.tool]
-	lib.offered
+	not data.latch_settings.tools[input.action.tool].visible_to
 }

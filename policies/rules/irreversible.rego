@@ -24,5 +24,5 @@ gate contains f if {
 quiet if {
 	not data.latch_settings.tools[input.action.tool].irreversible
 	not data.latch_settings.irreversible_methods[input.request.method]
-	not input.mcp.annotations.destructiveHint == true
+	not input.mcp.annotations.destructiveHint
 }
