@@ -18,6 +18,17 @@ fn store(url: &str) -> PgStore {
     PgStore::connect(url, None, Arc::new(tls)).unwrap()
 }
 
+/// The test config (`latch::testing::config_text`) with `store` (a
+/// `[store]` body: `url = …`, and whatever else) instead of its SQLite file.
+fn with_store(upstream: &str, store: &str) -> String {
+    latch::testing::config_text(upstream, "").replace(r#"url = "sqlite://latch.db""#, store)
+}
+
+/// The test config on PostgreSQL `pg`.
+fn on_postgres(pg: &Postgres, upstream: &str) -> String {
+    with_store(upstream, &format!(r#"url = "{}""#, pg.url))
+}
+
 fn event(subject: &str) -> Event {
     Event::new("bot", "decision", subject, json!({"action": "allow"}))
 }
@@ -133,13 +144,7 @@ mod replicas {
         format!(r#"{{"gate": true, "to": "bob@example.com", "approval": {approval}}}"#)
     }
 
-    /// The test config with PostgreSQL as its store.
-    fn config(pg: &Postgres, upstream: &str) -> String {
-        config_text(upstream, "").replace(
-            r#"url = "sqlite://latch.db""#,
-            &format!(r#"url = "{}""#, pg.url),
-        )
-    }
+    use super::on_postgres as config;
 
     async fn approve(admin_addr: SocketAddr, id: &str, token: &str) -> u16 {
         let path = format!("/api/v1/approvals/{id}/approve");
@@ -347,10 +352,7 @@ mod outage {
     async fn without_its_database_latch_refuses_and_says_why_then_recovers() {
         let Some(pg) = Postgres::start() else { return };
         let up = Upstream::start().await;
-        let text = config_text(&up.url(), "").replace(
-            r#"url = "sqlite://latch.db""#,
-            &format!(r#"url = "{}""#, pg.url),
-        );
+        let text = super::on_postgres(&pg, &up.url());
         let latch = TestLatch::start_text(text, TEST_POLICY).await;
         assert_eq!(
             call("POST", latch.proxy(), "/tools/echo/x", "{}")
@@ -418,10 +420,7 @@ mod grants {
     async fn a_grant_given_on_one_replica_allows_on_the_other_until_revoked_there() {
         let Some(pg) = Postgres::start() else { return };
         let up = Upstream::start().await;
-        let text = config_text(&up.url(), "").replace(
-            r#"url = "sqlite://latch.db""#,
-            &format!(r#"url = "{}""#, pg.url),
-        );
+        let text = super::on_postgres(&pg, &up.url());
         let a = TestLatch::start_text(text.clone(), TEST_POLICY).await;
         let b = TestLatch::start_text(text, TEST_POLICY).await;
         let first = call_async(&a).await;
@@ -516,10 +515,7 @@ async fn what_one_replica_carried_out_is_familiar_to_the_other() {
     use latch::testing::*;
     let Some(pg) = Postgres::start() else { return };
     let up = Upstream::start().await;
-    let text = config_text(&up.url(), "").replace(
-        r#"url = "sqlite://latch.db""#,
-        &format!(r#"url = "{}""#, pg.url),
-    );
+    let text = on_postgres(&pg, &up.url());
     let a = TestLatch::start_text(text.clone(), TEST_POLICY).await;
     let b = TestLatch::start_text(text, TEST_POLICY).await;
     // The test policy denies a call on route `novel` once its class was seen.
@@ -579,13 +575,11 @@ mod tls {
             "an unverified server is refused"
         );
         let up = Upstream::start().await;
-        let text = config_text(&up.url(), "").replace(
-            r#"url = "sqlite://latch.db""#,
-            &format!(
-                "url = \"{url}\"\nca_file = \"{}\"",
-                fixture("ca.pem").display()
-            ),
+        let store = format!(
+            "url = \"{url}\"\nca_file = \"{}\"",
+            fixture("ca.pem").display()
         );
+        let text = super::with_store(&up.url(), &store);
         let latch = TestLatch::start_text(text, TEST_POLICY).await;
         let ok = call("POST", latch.proxy(), "/tools/echo/x", "{}").await;
         assert_eq!(ok.status, 200);
@@ -621,10 +615,7 @@ async fn a_dashboard_session_opened_on_one_replica_works_on_the_other() {
     use latch::testing::*;
     let Some(pg) = Postgres::start() else { return };
     let up = Upstream::start().await;
-    let text = config_text(&up.url(), "").replace(
-        r#"url = "sqlite://latch.db""#,
-        &format!(r#"url = "{}""#, pg.url),
-    );
+    let text = on_postgres(&pg, &up.url());
     let a = TestLatch::start_text(text.clone(), TEST_POLICY).await;
     let b = TestLatch::start_text(text, TEST_POLICY).await;
     let login = send(
