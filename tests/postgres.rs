@@ -642,3 +642,52 @@ async fn a_dashboard_session_opened_on_one_replica_works_on_the_other() {
     assert_eq!(on_b.status, 200, "{:?}", on_b.body);
     assert_eq!(on_b.json()["principal"], "alice");
 }
+
+/// A replica that approved a call and died before sending it: another
+/// replica sends it (once), a few seconds later.
+#[tokio::test]
+async fn an_approved_call_left_unsent_by_a_gone_replica_is_sent_by_another() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use latch::testing::*;
+    let Some(pg) = Postgres::start() else { return };
+    let up = Upstream::start().await;
+    let b = TestLatch::start_text(on_postgres(&pg, &up.url()), TEST_POLICY).await;
+    let req = agent_request("POST", b.proxy(), "/tools/echo/send")
+        .header("content-type", "application/json")
+        .header("prefer", "respond-async")
+        .body(Full::new(Bytes::from_static(
+            br#"{"gate": true, "approval": {"require": [{"role": "lead", "count": 1}]}}"#,
+        )))
+        .unwrap();
+    let id = send(req).await.json()["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // What the gone replica committed: the approval (with its audit record),
+    // ten seconds ago, and nothing after it.
+    let url = pg.url.clone();
+    let approval = id.clone();
+    std::thread::spawn(move || {
+        let s = store(&url);
+        let a = s.approval(&approval).unwrap().unwrap();
+        let mut next = a.next_version();
+        next.state = State::Approved;
+        next.decided_at = Some(chrono::Utc::now().timestamp_millis() - 10_000);
+        let event = Event::new("alice", "approve", &approval, json!({"quorum_met": true}));
+        assert!(s.update_approval(&next, a.version, &[event], None).unwrap());
+    })
+    .join()
+    .unwrap();
+    assert!(up.requests().is_empty());
+    // B's sweep (every 5 s on a shared store) finds and sends it.
+    for _ in 0..150 {
+        if !up.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    wait_state(b.admin(), &id, "executed").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(up.requests().len(), 1);
+}
