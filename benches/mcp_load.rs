@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use latch::testing::{free_addr, wait_for, Proc};
-use load::{compare, env_u64, find, MakeRequest};
+use load::{compare, report, MakeRequest, Settings};
 
 /// A `search_issues` call with request id `id` (ids in a session are unique).
 fn call(id: u64) -> String {
@@ -118,10 +118,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let secs = env_u64("LOAD_SECS", 5);
-    let rate = env_u64("LOAD_RATE", 1000);
-    let conns = env_u64("LOAD_CONNS", 32);
-    let rounds = env_u64("LOAD_ROUNDS", 3);
+    let settings = Settings::from_env();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
 
     // The server runs on its own runtime, so the load generator's threads
@@ -147,20 +144,6 @@ fn main() {
             rt.block_on(session(format!("http://{proxy}/mcp/codehost"))),
         ),
     ];
-    let (fixed, closed) = compare(&rt, &targets, (rate, secs, rounds, conns));
-    if let (Some(d), Some(l)) = (find(&fixed, "direct"), find(&fixed, "latch")) {
-        println!(
-            "tools/call at {rate}/s: Latch adds p50 {:+.3} ms, p99 {:+.3} ms over direct",
-            l.1 - d.1,
-            l.2 - d.2
-        );
-    }
-    if let (Some(d), Some(l)) = (find(&closed, "direct"), find(&closed, "latch")) {
-        println!(
-            "tools/call closed loop: {:.0} calls/s through Latch, {:.0} direct (ratio {:.2})",
-            l.0,
-            d.0,
-            l.0 / d.0
-        );
-    }
+    let results = compare(&rt, &targets, settings);
+    report(&results, "direct", "latch", settings.rate);
 }

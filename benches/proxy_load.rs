@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use latch::testing::{fixed_upstream, free_addr, wait_for, Proc};
-use load::{closed_loop, compare, env_u64, find, fixed_rate, get};
+use load::{closed_loop, compare, fixed_rate, get, report, Settings};
 
 fn free_port() -> u16 {
     free_addr().port()
@@ -200,10 +200,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let secs = env_u64("LOAD_SECS", 5);
-    let rate = env_u64("LOAD_RATE", 1000);
-    let conns = env_u64("LOAD_CONNS", 32);
-    let rounds_n = env_u64("LOAD_ROUNDS", 3).max(1);
+    let settings = Settings::from_env();
+    let Settings {
+        secs, rate, conns, ..
+    } = settings;
     let dir = tempfile::tempdir().expect("tempdir");
     let upstream = start_upstream();
     let (latch_proc, latch_addr, admin_addr) = start_latch(dir.path(), upstream);
@@ -223,23 +223,9 @@ fn main() {
         eprintln!("nginx not found (apt-get install nginx-light); skipping the nginx comparison");
     }
     let rt = load::runtime();
-    let (fixed, closed) = compare(&rt, &targets, (rate, secs, rounds_n, conns));
-    if let (Some(d), Some(l)) = (find(&fixed, "direct"), find(&fixed, "latch")) {
-        println!(
-            "at {rate} req/s Latch adds p50 {:+.3} ms, p99 {:+.3} ms over direct",
-            l.1 - d.1,
-            l.2 - d.2
-        );
-    }
-    if let (Some(d), Some(l)) = (find(&closed, "direct"), find(&closed, "latch")) {
-        println!(
-            "closed loop: Latch/direct throughput ratio {:.2}",
-            l.0 / d.0
-        );
-    }
-    if let (Some(n), Some(l)) = (find(&closed, "nginx"), find(&closed, "latch")) {
-        println!("closed loop: Latch/nginx throughput ratio {:.2}", l.0 / n.0);
-    }
+    let results = compare(&rt, &targets, settings);
+    report(&results, "direct", "latch", rate);
+    report(&results, "nginx", "latch", rate);
 
     // Every call Latch answered as allowed has its decision record — even
     // after a kill -9 right now (records commit before the call is sent).

@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use latch::testing::{
     config_text, fixed_upstream, free_addr, test_env, wait_for, Postgres, Proc, TEST_POLICY,
 };
-use load::{compare, env_u64, find, get, percentile};
+use load::{compare, env_u64, get, percentile, report, Settings};
 
 /// One `latch serve` on `store`, with listeners at the returned addresses.
 fn start_latch(
@@ -141,10 +141,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let secs = env_u64("LOAD_SECS", 5);
-    let rate = env_u64("LOAD_RATE", 1000);
-    let conns = env_u64("LOAD_CONNS", 32);
-    let rounds = env_u64("LOAD_ROUNDS", 3);
+    let settings = Settings::from_env();
     let releases = env_u64("RELEASES", 200);
     let Some(pg) = Postgres::start() else {
         eprintln!("PostgreSQL binaries missing (apt-get install postgresql); nothing measured");
@@ -168,18 +165,8 @@ fn main() {
             get(format!("http://{a_proxy}/tools/echo/x?q=1")),
         ),
     ];
-    let (fixed, closed) = compare(&rt, &targets, (rate, secs, rounds, conns));
-    if let (Some(s), Some(p)) = (find(&fixed, "sqlite"), find(&fixed, "postgres")) {
-        println!("allow path at {rate} req/s: p50 {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms (SQLite vs PostgreSQL)", s.1, p.1, s.2, p.2);
-    }
-    if let (Some(s), Some(p)) = (find(&closed, "sqlite"), find(&closed, "postgres")) {
-        println!(
-            "allow path closed loop: {:.0} req/s on SQLite, {:.0} on PostgreSQL (ratio {:.2})",
-            s.0,
-            p.0,
-            p.0 / s.0
-        );
-    }
+    let results = compare(&rt, &targets, settings);
+    report(&results, "sqlite", "postgres", settings.rate);
     let lat = rt.block_on(release_latency(a_proxy, b_admin, releases));
     println!(
         "approval on B → held call on A answered: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} calls)",

@@ -29,6 +29,28 @@ pub fn get(url: String) -> MakeRequest {
     })
 }
 
+/// The phases' settings: `LOAD_SECS` (per phase, default 5), `LOAD_RATE`
+/// (fixed-rate phase, default 1000 req/s), `LOAD_ROUNDS` (fixed-rate rounds,
+/// default 3, medians reported), `LOAD_CONNS` (closed loop, default 32).
+#[derive(Clone, Copy)]
+pub struct Settings {
+    pub secs: u64,
+    pub rate: u64,
+    pub rounds: u64,
+    pub conns: u64,
+}
+
+impl Settings {
+    pub fn from_env() -> Settings {
+        Settings {
+            secs: env_u64("LOAD_SECS", 5),
+            rate: env_u64("LOAD_RATE", 1000),
+            rounds: env_u64("LOAD_ROUNDS", 3).max(1),
+            conns: env_u64("LOAD_CONNS", 32),
+        }
+    }
+}
+
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -142,8 +164,14 @@ pub async fn fixed_rate(make: &MakeRequest, rate: u64, secs: u64) -> Outcome {
 pub fn compare(
     rt: &tokio::runtime::Runtime,
     targets: &[(&str, MakeRequest)],
-    (rate, secs, rounds_n, conns): (u64, u64, u64, u64),
+    s: Settings,
 ) -> (Vec<(String, Outcome)>, Vec<(String, Outcome)>) {
+    let Settings {
+        secs,
+        rate,
+        rounds: rounds_n,
+        conns,
+    } = s;
     println!("phase        target   req/s      p50 ms   p99 ms   errors");
     for (_, make) in targets {
         rt.block_on(closed_loop(make, 4, 1));
@@ -187,6 +215,35 @@ pub fn compare(
         closed.push((name.to_string(), r));
     }
     (fixed, closed)
+}
+
+/// Print how target `subject` compares with `base`: the latency it adds at
+/// the fixed rate, and its closed-loop throughput as a ratio.
+pub fn report(
+    (fixed, closed): &(Vec<(String, Outcome)>, Vec<(String, Outcome)>),
+    base: &str,
+    subject: &str,
+    rate: u64,
+) {
+    if let (Some(b), Some(t)) = (find(fixed, base), find(fixed, subject)) {
+        println!(
+            "at {rate}/s {subject} adds p50 {:+.3} ms, p99 {:+.3} ms over {base} ({:.3}/{:.3} vs {:.3}/{:.3})",
+            t.1 - b.1,
+            t.2 - b.2,
+            t.1,
+            t.2,
+            b.1,
+            b.2
+        );
+    }
+    if let (Some(b), Some(t)) = (find(closed, base), find(closed, subject)) {
+        println!(
+            "closed loop: {subject} {:.0} req/s, {base} {:.0} (ratio {:.2})",
+            t.0,
+            b.0,
+            t.0 / b.0
+        );
+    }
 }
 
 /// `(req/s, p50, p99)` of target `name`.
