@@ -206,14 +206,14 @@ impl History {
     /// entry's lock, so the writer sees updates of one class in order.
     fn update(&self, class: &ActionClass, f: impl FnOnce(&mut Stats)) {
         let mut entry = self.map.entry(class.key).or_default();
-        let before = entry.clone();
+        let before = entry.counts();
         f(&mut entry);
         let row = HistoryRow {
             fingerprint: class.fingerprint(),
             agent: class.agent.clone(),
             tool: class.tool.clone(),
             shape: class.shape.clone(),
-            stats: entry.since(&before),
+            stats: entry.since(before),
         };
         if self.tx.send(Msg::Row(row)).is_err() {
             tracing::error!("history writer has stopped; history is no longer persisted");

@@ -83,6 +83,14 @@ impl Message<'_> {
             Message::Response => None,
         }
     }
+
+    /// The id, for a request.
+    pub fn request_id(&self) -> Option<&Value> {
+        match self {
+            Message::Request { id, .. } => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// Check `v` as one JSON-RPC 2.0 message.

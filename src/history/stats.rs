@@ -21,20 +21,34 @@ pub struct Stats {
     pub decision_ms_total: u64,
 }
 
+/// The counters of a [`Stats`] at one moment: seen, approved, rejected and
+/// decision time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts([u64; 4]);
+
 impl Stats {
-    /// What changed from `before` to `self`: counter increments, and the
-    /// sightings and decision as they are now.
-    pub fn since(&self, before: &Stats) -> Stats {
+    /// The counters alone (cheap to keep across a change).
+    pub fn counts(&self) -> Counts {
+        Counts([
+            self.seen,
+            self.approved,
+            self.rejected,
+            self.decision_ms_total,
+        ])
+    }
+
+    /// What changed since the counters were `before`: counter increments,
+    /// and the sightings and decision as they are now.
+    pub fn since(&self, before: Counts) -> Stats {
+        let [seen, approved, rejected, ms] = before.0;
         Stats {
-            seen: self.seen.saturating_sub(before.seen),
+            seen: self.seen.saturating_sub(seen),
             first_seen: self.first_seen,
             last_seen: self.last_seen,
-            approved: self.approved.saturating_sub(before.approved),
-            rejected: self.rejected.saturating_sub(before.rejected),
+            approved: self.approved.saturating_sub(approved),
+            rejected: self.rejected.saturating_sub(rejected),
             last_decision: self.last_decision.clone(),
-            decision_ms_total: self
-                .decision_ms_total
-                .saturating_sub(before.decision_ms_total),
+            decision_ms_total: self.decision_ms_total.saturating_sub(ms),
         }
     }
 
@@ -93,7 +107,7 @@ mod tests {
             last_decision: Some("allow".into()),
             ..Stats::default()
         };
-        let d = after.since(&before);
+        let d = after.since(before.counts());
         assert_eq!((d.seen, d.approved, d.last_seen), (1, 0, Some(12)));
         let mut queued = d.clone();
         queued.add(&Stats {

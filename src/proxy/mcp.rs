@@ -108,24 +108,17 @@ pub(super) async fn serve(
             return Ok(answer_error(StatusCode::BAD_REQUEST, "bad_mcp", &e));
         }
     };
+    let id = msg.request_id();
     let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
     if let Err(why) = wire::check_standard_headers(header("mcp-method"), header("mcp-name"), &msg) {
         ctx.outcome = "bad_mcp";
-        let id = match msg {
-            Message::Request { id, .. } => Some(id.clone()),
-            _ => None,
-        };
         let e = WireError {
             code: wire::INVALID_REQUEST,
             message: why,
-            id,
+            id: id.cloned(),
         };
         return Ok(answer_error(StatusCode::BAD_REQUEST, "bad_mcp", &e));
     }
-    let id = match msg {
-        Message::Request { id, .. } => Some(id),
-        _ => None,
-    };
     let step = match msg {
         Message::Request {
             id,

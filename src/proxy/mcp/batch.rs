@@ -182,13 +182,3 @@ fn refused_in_batch(d: &Decision, code: &str, why: &str) -> Decision {
         ..d.clone()
     }
 }
-
-impl Message<'_> {
-    /// The id of a request.
-    fn request_id(&self) -> Option<&Value> {
-        match self {
-            Message::Request { id, .. } => Some(id),
-            _ => None,
-        }
-    }
-}
