@@ -3,6 +3,8 @@
 //! HTTP, and over stdio through Latch's bridge). Each test checks what the
 //! server ran, not only what the client was told.
 
+mod common;
+
 #[path = "../examples/mcp/tools.rs"]
 #[allow(dead_code)]
 mod tools;
@@ -322,17 +324,7 @@ async fn a_held_call_streams_progress_and_runs_once_when_approved() {
         vec![json!({"name": "transfer_credits", "arguments": {"to": "acct-9", "amount": 500}})]
     );
     client.cancel().await.unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_latch"))
-        .envs(&latch.env)
-        .args(["audit", "verify", "--config"])
-        .arg(latch.config_path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_audit_verifies(&latch);
 }
 
 #[tokio::test]

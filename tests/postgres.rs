@@ -2,6 +2,8 @@
 //! (Debian's `postgresql` binaries, `initdb` in a temporary directory), the
 //! gate end to end on it, and two replicas sharing it.
 
+mod common;
+
 use std::sync::Arc;
 
 use latch::audit::chain::Event;
@@ -167,21 +169,6 @@ mod replicas {
             .collect()
     }
 
-    fn verify(latch: &TestLatch) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_latch"))
-            .envs(&latch.env)
-            .args(["audit", "verify", "--config"])
-            .arg(latch.config_path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// A replica as its own `latch serve` process: (process, proxy, admin).
     fn spawn_replica(
         pg: &Postgres,
@@ -233,7 +220,7 @@ mod replicas {
         assert_eq!(answer.header("latch-approval"), id);
         assert_eq!(up.requests().len(), 1);
         assert_eq!(events(a_admin, &id).await, ["gate", "approve", "execute"]);
-        verify(&b);
+        crate::common::assert_audit_verifies(&b);
     }
 
     #[tokio::test]
@@ -286,7 +273,7 @@ mod replicas {
             "{ev:?}"
         );
         assert_eq!(up.requests().len(), 5);
-        verify(&b);
+        crate::common::assert_audit_verifies(&b);
     }
 
     #[tokio::test]
@@ -339,7 +326,7 @@ mod replicas {
             assert_eq!(v["upstream"], json!("ok"));
         }
         assert_eq!(up.requests().len(), 3);
-        verify(&b);
+        crate::common::assert_audit_verifies(&b);
     }
 }
 

@@ -3,3 +3,19 @@
 #![allow(unused_imports)]
 
 pub use latch::testing::*;
+
+/// `latch audit verify` (the binary) on `latch`'s store must pass.
+pub fn assert_audit_verifies(latch: &TestLatch) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_latch"))
+        .envs(&latch.env)
+        .args(["audit", "verify", "--config"])
+        .arg(latch.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
