@@ -109,7 +109,8 @@ pub(super) async fn wait(p: &Proxy, mut held: Held) -> Response<Body> {
     }
 }
 
-fn decision_header(resp: &mut Response<Body>, decision: &'static str, id: &str) {
+/// `latch-decision` and `latch-approval` on an answer about approval `id`.
+pub(super) fn decision_header(resp: &mut Response<Body>, decision: &'static str, id: &str) {
     let h = resp.headers_mut();
     h.insert("latch-decision", HeaderValue::from_static(decision));
     if let Ok(v) = HeaderValue::from_str(id) {

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use super::super::error::ProxyError;
+use super::super::held::decision_header;
 use super::super::{Proxy, Step};
 use super::json_answer;
 use crate::gate::model::{Approval, State};
@@ -61,8 +62,8 @@ pub(super) async fn held(
         held.disarm();
         let a = p.gate.approval(&held.id).await?;
         let doc = wire::result(id, wire::task_created(&task_state(&a, p.gate.now_ms())));
-        let mut resp = json_answer(StatusCode::OK, &doc, Some("gate"), None);
-        approval_header(&mut resp, &a.id);
+        let mut resp = json_answer(StatusCode::OK, &doc, None, None);
+        decision_header(&mut resp, "gate", &a.id);
         return Ok(Step::Answer(resp));
     }
     Ok(Step::McpHold(Box::new(Waiting {
@@ -93,8 +94,7 @@ pub(in crate::proxy) async fn wait(p: &Proxy, mut w: Waiting) -> Response<Body> 
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-cache"),
         );
-        h.insert("latch-decision", HeaderValue::from_static("gate"));
-        approval_header(&mut resp, &id);
+        decision_header(&mut resp, "gate", &id);
         return resp;
     }
     loop {
@@ -104,8 +104,8 @@ pub(in crate::proxy) async fn wait(p: &Proxy, mut w: Waiting) -> Response<Body> 
                     h.disarm();
                 }
                 let (doc, decision) = final_message(&a, &w.reply_id, w.task.as_deref());
-                let mut resp = json_answer(StatusCode::OK, &doc, Some(decision), None);
-                approval_header(&mut resp, &a.id);
+                let mut resp = json_answer(StatusCode::OK, &doc, None, None);
+                decision_header(&mut resp, decision, &a.id);
                 return resp;
             }
             Ok(Waited::Pending) => continue,
@@ -166,12 +166,6 @@ fn store_down(id: &Value) -> Response<Body> {
         None,
         Some("store_unavailable"),
     )
-}
-
-fn approval_header(resp: &mut Response<Body>, id: &str) {
-    if let Ok(v) = HeaderValue::from_str(id) {
-        resp.headers_mut().insert("latch-approval", v);
-    }
 }
 
 /// "waiting for 1× lead, 4m 10s left".
@@ -348,8 +342,8 @@ pub(super) async fn task_request(
         }
         _ => wire::result(id, detailed(&a, now)),
     };
-    let mut resp = json_answer(StatusCode::OK, &doc, Some("gate"), None);
-    approval_header(&mut resp, &a.id);
+    let mut resp = json_answer(StatusCode::OK, &doc, None, None);
+    decision_header(&mut resp, "gate", &a.id);
     Ok(Step::Answer(resp))
 }
 
