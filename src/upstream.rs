@@ -105,6 +105,13 @@ impl Route {
     }
 }
 
+impl Route {
+    /// MCP routes: tool `name`'s annotations from the server's latest `tools/list`.
+    pub fn tool_hint(&self, name: &str) -> Option<regorus::Value> {
+        self.tool_hints.get(name).map(|h| h.clone())
+    }
+}
+
 /// Find the route with the longest prefix that `decoded` falls under.
 pub fn find<'a>(routes: &'a [Route], decoded: &str) -> Option<&'a Route> {
     routes

@@ -148,11 +148,7 @@ impl Gate {
             chrono::Utc::now(),
         );
         if mcp {
-            let hints = route
-                .tool_hints
-                .get(&a.tool)
-                .map(|h| h.clone())
-                .unwrap_or(regorus::Value::Null);
+            let hints = route.tool_hint(&a.tool).unwrap_or(regorus::Value::Null);
             let facts = input::mcp_facts("tools/call", &route.config.name, hints);
             input::set(&mut doc, "mcp", facts);
         }

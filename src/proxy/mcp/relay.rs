@@ -273,8 +273,8 @@ pub(super) async fn hints(
     tool: &str,
     params: Option<&Map<String, Value>>,
 ) -> regorus::Value {
-    if let Some(h) = route.tool_hints.get(tool) {
-        return h.clone();
+    if let Some(h) = route.tool_hint(tool) {
+        return h;
     }
     let now = chrono::Utc::now().timestamp_millis();
     let last = route.hints_fetched_ms.load(Ordering::Relaxed);
@@ -289,11 +289,7 @@ pub(super) async fn hints(
     if let Err(e) = fetch_hints(route, parts, conn, params).await {
         tracing::warn!(route = %route.config.name, error = %e, "asking the MCP server for its tools failed");
     }
-    route
-        .tool_hints
-        .get(tool)
-        .map(|h| h.clone())
-        .unwrap_or(regorus::Value::Null)
+    route.tool_hint(tool).unwrap_or(regorus::Value::Null)
 }
 
 async fn fetch_hints(
