@@ -11,8 +11,7 @@ pub mod stats;
 pub use stats::Stats;
 
 use std::collections::HashMap;
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -152,15 +151,33 @@ fn set_shape<'a>(
 /// How long the writer gathers updates before one commit.
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
-enum Msg {
-    Row(HistoryRow),
-    Flush(mpsc::Sender<anyhow::Result<()>>),
+/// Changes not yet in the store, merged per class, and who waits for them.
+#[derive(Default)]
+struct Queue {
+    rows: HashMap<[u8; 16], HistoryRow>,
+    flushes: Vec<mpsc::Sender<anyhow::Result<()>>>,
+    closed: bool,
+}
+
+/// The queue and the writer's wake-up. A call only wakes the writer when it
+/// starts a window (the queue was empty), so a busy proxy costs one wake-up
+/// and one commit per window, not one per request.
+#[derive(Default)]
+struct Pending {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// In-memory history with write-behind persistence.
 pub struct History {
     map: DashMap<[u8; 16], Stats>,
-    tx: mpsc::Sender<Msg>,
+    pending: Arc<Pending>,
 }
 
 impl History {
@@ -174,11 +191,12 @@ impl History {
                 map.insert(class.key, row.stats);
             }
         }
-        let (tx, rx) = mpsc::channel();
+        let pending = Arc::new(Pending::default());
+        let queue = pending.clone();
         std::thread::Builder::new()
             .name("latch-history".into())
-            .spawn(move || writer(store, rx))?;
-        Ok(History { map, tx })
+            .spawn(move || writer(store, &queue))?;
+        Ok(History { map, pending })
     }
 
     /// Counters for `class` before this call.
@@ -197,26 +215,44 @@ impl History {
                 s.first_seen.get_or_insert(now);
             }
             s.last_seen = Some(now);
-            s.last_decision = Some(action.to_string());
+            if s.last_decision.as_deref() != Some(action) {
+                s.last_decision = Some(action.to_string());
+            }
         });
     }
 
     /// Apply `f` and queue what it changed for the store (increments, so
-    /// replicas sharing a store add up). The send happens under the map
-    /// entry's lock, so the writer sees updates of one class in order.
+    /// replicas sharing a store add up). The change is queued under the map
+    /// entry's lock, so changes of one class merge in order.
     fn update(&self, class: &ActionClass, f: impl FnOnce(&mut Stats)) {
         let mut entry = self.map.entry(class.key).or_default();
         let before = entry.counts();
         f(&mut entry);
-        let row = HistoryRow {
-            fingerprint: class.fingerprint(),
-            agent: class.agent.clone(),
-            tool: class.tool.clone(),
-            shape: class.shape.clone(),
-            stats: entry.since(before),
-        };
-        if self.tx.send(Msg::Row(row)).is_err() {
+        let change = entry.since(before);
+        let mut q = self.pending.lock();
+        if q.closed {
             tracing::error!("history writer has stopped; history is no longer persisted");
+            return;
+        }
+        let starts_window = q.rows.is_empty();
+        match q.rows.entry(class.key) {
+            std::collections::hash_map::Entry::Occupied(mut queued) => {
+                queued.get_mut().stats.add(&change)
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(HistoryRow {
+                    fingerprint: class.fingerprint(),
+                    agent: class.agent.clone(),
+                    tool: class.tool.clone(),
+                    shape: class.shape.clone(),
+                    stats: change,
+                });
+            }
+        }
+        drop(q);
+        drop(entry);
+        if starts_window {
+            self.pending.ready.notify_one();
         }
     }
 
@@ -259,42 +295,54 @@ impl History {
     /// Wait until everything recorded so far is in the store.
     pub fn flush(&self) -> anyhow::Result<()> {
         let (tx, rx) = mpsc::channel();
-        self.tx
-            .send(Msg::Flush(tx))
-            .map_err(|_| anyhow::anyhow!("history writer has stopped"))?;
+        {
+            let mut q = self.pending.lock();
+            if q.closed {
+                return Err(anyhow::anyhow!("history writer has stopped"));
+            }
+            q.flushes.push(tx);
+        }
+        self.pending.ready.notify_one();
         rx.recv()
             .map_err(|_| anyhow::anyhow!("history writer has stopped"))?
     }
 }
 
-/// Drain whatever is queued, add up the changes per class, write them
-/// in one transaction, answer any flush waiters.
-fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<Msg>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch: HashMap<String, HistoryRow> = HashMap::new();
-        let mut waiters = Vec::new();
-        // Gather for a short window so a busy proxy costs one synced commit
-        // per window, not one per request; a flush request ends the window.
-        let deadline = Instant::now() + BATCH_WINDOW;
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Row(row) => match batch.get_mut(&row.fingerprint) {
-                    Some(queued) => queued.stats.add(&row.stats),
-                    None => {
-                        batch.insert(row.fingerprint.clone(), row);
-                    }
-                },
-                Msg::Flush(w) => waiters.push(w),
-            }
-            next = if waiters.is_empty() {
-                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    .ok()
-            } else {
-                rx.try_recv().ok()
-            };
+impl Drop for History {
+    fn drop(&mut self) {
+        // The writer commits what is queued, then ends.
+        self.pending.lock().closed = true;
+        self.pending.ready.notify_one();
+    }
+}
+
+/// Wait for a change, let the window gather more (a flush request ends it
+/// early), write the merged changes in one transaction, answer any flush
+/// waiters; end once the history is dropped and everything is written.
+fn writer(store: Arc<dyn Store>, pending: &Pending) {
+    loop {
+        let mut q = pending.lock();
+        while q.rows.is_empty() && q.flushes.is_empty() && !q.closed {
+            q = pending.ready.wait(q).unwrap_or_else(|p| p.into_inner());
         }
-        let rows: Vec<HistoryRow> = batch.into_values().collect();
+        if q.flushes.is_empty() && !q.closed {
+            let deadline = Instant::now() + BATCH_WINDOW;
+            while q.flushes.is_empty() && !q.closed {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                q = pending
+                    .ready
+                    .wait_timeout(q, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+        let rows: Vec<HistoryRow> = std::mem::take(&mut q.rows).into_values().collect();
+        let waiters = std::mem::take(&mut q.flushes);
+        let closed = q.closed;
+        drop(q);
         let result = if rows.is_empty() {
             Ok(())
         } else {
@@ -308,6 +356,9 @@ fn writer(store: Arc<dyn Store>, rx: mpsc::Receiver<Msg>) {
                 Ok(()) => Ok(()),
                 Err(e) => Err(anyhow::anyhow!("{e:#}")),
             });
+        }
+        if closed {
+            return;
         }
     }
 }
