@@ -193,7 +193,17 @@ upstream = "http://{up}"
 "#
         );
         std::fs::write(dir.path().join("latch.toml"), config).expect("config");
-        let child = Command::new(env!("CARGO_BIN_EXE_latch"))
+        // HELD_WRAP runs Latch under a tool, e.g. `heaptrack` to see where
+        // the memory of held calls goes.
+        let mut cmd = match std::env::var("HELD_WRAP") {
+            Ok(wrap) => {
+                let mut c = Command::new(wrap);
+                c.arg(env!("CARGO_BIN_EXE_latch"));
+                c
+            }
+            Err(_) => Command::new(env!("CARGO_BIN_EXE_latch")),
+        };
+        let child = cmd
             .args(["serve", "--config", "latch.toml"])
             .current_dir(dir.path())
             .stdout(Stdio::null())

@@ -515,9 +515,13 @@ impl Gate {
             // between the read and the wait is not missed.
             let mut notified = pin!(notify.notified());
             notified.as_mut().enable();
-            let a = self.approval(id).await?;
-            if a.state.is_final() {
-                return Ok(Waited::Final(Box::new(a)));
+            // The approval read is dropped before waiting: thousands of held
+            // calls each keep only this small future.
+            {
+                let a = self.approval(id).await?;
+                if a.state.is_final() {
+                    return Ok(Waited::Final(Box::new(a)));
+                }
             }
             tokio::select! {
                 _ = notified => {}

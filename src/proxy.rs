@@ -234,7 +234,7 @@ async fn pipeline(
     if path::under(&decoded_path, "/latch/v1/prompts") {
         ctx.route = Some("latch.prompts".into());
         ctx.outcome = "api";
-        return prompts::serve(p, req, &decoded_path)
+        return Box::pin(prompts::serve(p, req, &decoded_path))
             .await
             .map(Step::Answer);
     }
@@ -247,7 +247,9 @@ async fn pipeline(
     let route = upstream::find(&p.routes, &decoded_path).ok_or(ProxyError::NoRoute)?;
     ctx.route = Some(route.config.name.clone());
     if route.config.protocol == crate::config::Protocol::Mcp {
-        return mcp::serve(p, route, req, &agent, decoded_path, conn, ctx).await;
+        // Boxed, like the other rarer branches, so the common allow path's
+        // state stays small (many calls in flight at once each keep one).
+        return Box::pin(mcp::serve(p, route, req, &agent, decoded_path, conn, ctx)).await;
     }
 
     let (mut parts, body) = req.into_parts();
@@ -282,7 +284,9 @@ async fn pipeline(
             recorded.record(&verdict.decision, false, None).await?;
             Ok(Step::Answer(deny::deny(&ctx.id, &verdict.decision)))
         }
-        (Action::Gate, None) => held::hold(&recorded, &parts, body, verdict.decision, conn).await,
+        (Action::Gate, None) => {
+            Box::pin(held::hold(&recorded, &parts, body, verdict.decision, conn)).await
+        }
         (Action::Allow, None) => {
             let grant = verdict.grant.as_ref().map(|g| &g.grant);
             recorded.record(&verdict.decision, false, grant).await?;
