@@ -74,7 +74,7 @@ fn main() {
             })
             .collect();
         written += batch.len();
-        store.append_audit(&batch).unwrap();
+        store.append_audit(batch).unwrap();
     }
     let append_s = started.elapsed().as_secs_f64();
     drop(store);

@@ -26,30 +26,33 @@ impl AuditLog {
     ) -> std::io::Result<AuditLog> {
         let (tx, mut rx) =
             tokio::sync::mpsc::channel::<(Event, tokio::sync::oneshot::Sender<bool>)>(4096);
-        std::thread::Builder::new().name("latch-audit".into()).spawn(move || {
-            while let Some(first) = rx.blocking_recv() {
-                let mut batch = vec![first];
-                while batch.len() < 512 {
-                    match rx.try_recv() {
-                        Ok(item) => batch.push(item),
-                        Err(_) => break,
+        std::thread::Builder::new()
+            .name("latch-audit".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < 512 {
+                        match rx.try_recv() {
+                            Ok(item) => batch.push(item),
+                            Err(_) => break,
+                        }
+                    }
+                    let (events, acks): (Vec<Event>, Vec<_>) = batch.into_iter().unzip();
+                    let started = std::time::Instant::now();
+                    let n = events.len();
+                    let ok = match store.append_audit(events) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::error!(error = %e, records = n, "audit write failed");
+                            false
+                        }
+                    };
+                    write_seconds.observe(started.elapsed().as_secs_f64());
+                    for ack in acks {
+                        let _ = ack.send(ok);
                     }
                 }
-                let (events, acks): (Vec<Event>, Vec<_>) = batch.into_iter().unzip();
-                let started = std::time::Instant::now();
-                let ok = match store.append_audit(&events) {
-                    Ok(_) => true,
-                    Err(e) => {
-                        tracing::error!(error = %e, records = events.len(), "audit write failed");
-                        false
-                    }
-                };
-                write_seconds.observe(started.elapsed().as_secs_f64());
-                for ack in acks {
-                    let _ = ack.send(ok);
-                }
-            }
-        })?;
+            })?;
         Ok(AuditLog { tx })
     }
 
@@ -309,11 +312,11 @@ mod tests {
                 .map(|i| Event::new("bot", "decision", &i.to_string(), serde_json::json!({})))
                 .collect()
         };
-        store.append_audit(&events(1500)).unwrap();
+        store.append_audit(events(1500)).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(5));
         let since = chrono::Utc::now();
         std::thread::sleep(std::time::Duration::from_millis(5));
-        store.append_audit(&events(700)).unwrap();
+        store.append_audit(events(700)).unwrap();
         let s = since.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         assert_eq!(last_before(&store, &s).unwrap(), 1500);
         assert_eq!(start_of(&store, &s).unwrap(), 500);
@@ -347,7 +350,7 @@ mod tests {
         let events: Vec<Event> = (0..10)
             .map(|i| ev(if i % 3 == 0 { "gate" } else { "decision" }, i))
             .collect();
-        store.append_audit(&events).unwrap();
+        store.append_audit(events).unwrap();
         let now = chrono::Utc::now();
         let check = |store: &SqliteStore| {
             let records = records(store, 0, usize::MAX, None, None).unwrap();
@@ -386,7 +389,7 @@ mod tests {
         assert_eq!(r.dropped, 0);
         drop(store);
         let store = SqliteStore::open(&path, Some(key.clone())).unwrap();
-        store.append_audit(&[ev("decision", 10)]).unwrap();
+        store.append_audit(vec![ev("decision", 10)]).unwrap();
         assert_eq!(check(&store).records, 2);
         let r = retain(&store, None, Some(30), Some(&key), much_later).unwrap();
         assert_eq!((r.dropped, check(&store).records), (1, 1));
@@ -407,7 +410,7 @@ mod tests {
                 )
             })
             .collect();
-        store.append_audit(&events).unwrap();
+        store.append_audit(events).unwrap();
         let ok = verify_store(&store, None).unwrap().unwrap();
         assert_eq!(ok.verified.records, 25_000, "more than two pages");
         let raw = rusqlite::Connection::open(&path).unwrap();

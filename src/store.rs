@@ -134,7 +134,7 @@ pub trait Store: prompts::PromptStore + notify::NotifyStore + Send + Sync + 'sta
     /// Append events to the audit chain, atomically, in order. The commit
     /// survives a crash of Latch; approval changes (which carry their own
     /// events in [`Store::update_approval`]) are synced to disk.
-    fn append_audit(&self, events: &[Event]) -> anyhow::Result<Vec<Record>>;
+    fn append_audit(&self, events: Vec<Event>) -> anyhow::Result<Vec<Record>>;
     /// Where the chain ends, as last written (with its MAC when keyed).
     fn audit_head(&self) -> anyhow::Result<Option<Head>>;
     /// Every audit record about `subject`, oldest first.

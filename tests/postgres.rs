@@ -48,8 +48,11 @@ fn two_stores_on_one_database_write_one_unbroken_chain() {
         .map(|(n, s)| {
             std::thread::spawn(move || {
                 for i in 0..50 {
-                    s.append_audit(&[event(&format!("r{n}-{i}")), event(&format!("r{n}-{i}b"))])
-                        .unwrap();
+                    s.append_audit(vec![
+                        event(&format!("r{n}-{i}")),
+                        event(&format!("r{n}-{i}b")),
+                    ])
+                    .unwrap();
                 }
             })
         })

@@ -170,7 +170,7 @@ impl PgStore {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
         let (out, events) = body(&mut tx)?;
-        let records = append(&mut tx, &events, self.key.as_ref())?;
+        let records = append(&mut tx, events, self.key.as_ref())?;
         notify::outbox(&mut tx, &records)?;
         tx.commit()?;
         Ok(out)
@@ -264,7 +264,7 @@ impl Store for PgStore {
         Ok(())
     }
 
-    fn append_audit(&self, events: &[Event]) -> anyhow::Result<Vec<Record>> {
+    fn append_audit(&self, events: Vec<Event>) -> anyhow::Result<Vec<Record>> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
         let records = append(&mut tx, events, self.key.as_ref())?;

@@ -142,7 +142,7 @@ impl SqliteStore {
         let Db { conn, tail } = &mut *db;
         let tx = conn.transaction()?;
         let (out, events) = body(&tx)?;
-        let records = append(&tx, tail, &events, self.key.as_ref())?;
+        let records = append(&tx, tail, events, self.key.as_ref())?;
         notify::outbox(&tx, &records)?;
         tx.commit()?;
         if let Some(last) = records.last() {
@@ -304,19 +304,21 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn append_audit(&self, events: &[Event]) -> anyhow::Result<Vec<Record>> {
+    fn append_audit(&self, events: Vec<Event>) -> anyhow::Result<Vec<Record>> {
         let mut db = self.db()?;
         let Db { conn, tail } = &mut *db;
         // WAL + NORMAL: the commit survives a crash of Latch (the OS has the
         // pages); the next synced commit makes it durable on disk too.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.prepare_cached("PRAGMA synchronous=NORMAL")?
+            .execute([])?;
         let result = (|| {
             let tx = conn.transaction()?;
             let records = append(&tx, tail, events, self.key.as_ref())?;
             tx.commit()?;
             Ok::<_, anyhow::Error>(records)
         })();
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.prepare_cached("PRAGMA synchronous=FULL")?
+            .execute([])?;
         let records = result?;
         if let Some(last) = records.last() {
             *tail = (last.seq, last.hash.clone());

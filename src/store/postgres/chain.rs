@@ -20,7 +20,7 @@ fn now_rfc3339() -> String {
 /// Append `events` inside `tx`, after whatever any replica appended last.
 pub(super) fn append(
     tx: &mut Transaction<'_>,
-    events: &[Event],
+    events: Vec<Event>,
     key: Option<&AuditKey>,
 ) -> anyhow::Result<Vec<Record>> {
     if events.is_empty() {
@@ -39,7 +39,7 @@ pub(super) fn append(
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         seq += 1;
-        let (r, details) = audit::seal_with_text(seq, now_rfc3339(), e.clone(), prev, key);
+        let (r, details) = audit::seal_with_text(seq, now_rfc3339(), e, prev, key);
         tx.execute(
             &stmt,
             &[

@@ -21,7 +21,7 @@ fn now_rfc3339() -> String {
 pub(super) fn append(
     tx: &rusqlite::Transaction<'_>,
     tail: &(i64, String),
-    events: &[Event],
+    events: Vec<Event>,
     key: Option<&AuditKey>,
 ) -> anyhow::Result<Vec<Record>> {
     if events.is_empty() {
@@ -35,7 +35,7 @@ pub(super) fn append(
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         seq += 1;
-        let (r, details) = audit::seal_with_text(seq, now_rfc3339(), e.clone(), prev, key);
+        let (r, details) = audit::seal_with_text(seq, now_rfc3339(), e, prev, key);
         stmt.execute(params![
             r.seq,
             r.ts,

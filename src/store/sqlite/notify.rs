@@ -222,8 +222,13 @@ mod tests {
     fn deliveries_go_in_order_per_approval_and_channel_and_dead_letters_stay() {
         let s = SqliteStore::memory(None).unwrap();
         // Plain decisions never reach the outbox.
-        s.append_audit(&[Event::new("bot", "decision", "r1", serde_json::json!({}))])
-            .unwrap();
+        s.append_audit(vec![Event::new(
+            "bot",
+            "decision",
+            "r1",
+            serde_json::json!({}),
+        )])
+        .unwrap();
         assert!(s.outbox(10).unwrap().is_empty());
         s.fan_out(
             &[],
