@@ -254,10 +254,10 @@ async fn pipeline(
 
     let (mut parts, body) = req.into_parts();
     let body = read::read(p, route, &mut parts, body).await?;
-    let mut call = call::build(p, route, &agent, &parts, decoded_path, &body, None)?;
+    let call = call::build(p, route, &agent, &parts, decoded_path, &body, None)?;
     ctx.span.set("latch.tool", route.config.tool.as_str());
     let policy_span = p.tracer.child("latch.policy", &ctx.span);
-    let verdict = evaluate::evaluate(p, &mut call, body.judged.is_some(), ctx).await;
+    let verdict = evaluate::evaluate(p, &call, body.judged.is_some(), ctx).await;
     drop(policy_span);
     ctx.span.set("latch.risk", verdict.decision.risk.as_str());
     if verdict.decision.action == Action::Gate && verdict.shadowed.is_none() {

@@ -21,14 +21,12 @@ pub(super) struct Verdict {
     pub grant: Option<Arc<LiveGrant>>,
 }
 
-/// Evaluate `call` (its input is moved to the evaluator threads).
-pub(super) async fn evaluate(
-    p: &Proxy,
-    call: &mut Call<'_>,
-    buffered: bool,
-    ctx: &mut Ctx,
-) -> Verdict {
-    let input = std::mem::replace(&mut call.input, regorus::Value::Null);
+/// Evaluate `call` on the evaluator threads.
+pub(super) async fn evaluate(p: &Proxy, call: &Call<'_>, buffered: bool, ctx: &mut Ctx) -> Verdict {
+    // The evaluator gets a shared reference; the call keeps its own, so the
+    // input is freed later on this worker, which allocated it, not on the
+    // evaluator thread (frees into another thread's arena contend on its lock).
+    let input = call.input.clone();
     // On its own threads, within its time limit (a failure is logged there).
     let (policy, eval) = p.policy.evaluate(input).await;
     let mut decision = eval.decision;

@@ -283,9 +283,9 @@ async fn tool_call(
         }
     };
     ctx.span.set("latch.tool", tc.name);
-    let mut call = build(req, &parts, &read, &tc, params).await?;
+    let call = build(req, &parts, &read, &tc, params).await?;
     let policy_span = p.tracer.child("latch.policy", &ctx.span);
-    let verdict = evaluate::evaluate(p, &mut call, true, ctx).await;
+    let verdict = evaluate::evaluate(p, &call, true, ctx).await;
     drop(policy_span);
     ctx.span.set("latch.risk", verdict.decision.risk.as_str());
     let recorded = Recorded {

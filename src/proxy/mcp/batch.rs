@@ -69,8 +69,8 @@ pub(super) async fn batch(
                 continue;
             }
         };
-        let mut call = build(req, &parts, &read, &tc, *params).await?;
-        let verdict = evaluate::evaluate(p, &mut call, true, ctx).await;
+        let call = build(req, &parts, &read, &tc, *params).await?;
+        let verdict = evaluate::evaluate(p, &call, true, ctx).await;
         judged.push(Judged {
             index: i,
             decision_id,
