@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use latch::cli;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const USAGE: &str = "usage:
   latch serve [--config FILE]           run the proxy and admin listeners
   latch check [--config FILE]           validate config and policies
@@ -208,6 +212,9 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
+/// Most threads for blocking work (store calls, policy reloads, DNS).
+const BLOCKING_THREADS: usize = 32;
+
 fn serve(path: PathBuf) -> i32 {
     let config = match cli::load_config(&path) {
         Ok(c) => c,
@@ -215,6 +222,11 @@ fn serve(path: PathBuf) -> i32 {
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Store calls run on the blocking pool and mostly queue for one
+        // connection (SQLite) or a few (PostgreSQL): a burst of thousands of
+        // gated calls waits there as queued tasks, not as hundreds of
+        // threads that each keep a stack and an allocator cache.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(r) => r,
