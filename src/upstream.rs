@@ -300,6 +300,11 @@ pub fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// Prepare the agent's headers for the upstream: drop hop-by-hop headers,
 /// the agent's credentials, Latch's own `latch-*` headers and any forwarding
 /// claims the agent made; then state who really sent the call and add the
@@ -314,10 +319,10 @@ pub fn upstream_request_headers(
     let original_host = headers.remove(header::HOST);
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::FORWARDED);
-    headers.remove("x-forwarded-for");
-    headers.remove("x-forwarded-proto");
-    headers.remove("x-forwarded-host");
-    headers.remove("x-real-ip");
+    headers.remove(X_FORWARDED_FOR);
+    headers.remove(X_FORWARDED_PROTO);
+    headers.remove(X_FORWARDED_HOST);
+    headers.remove(X_REAL_IP);
     let latch_own: Vec<HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().starts_with("latch-"))
@@ -327,33 +332,35 @@ pub fn upstream_request_headers(
         headers.remove(k);
     }
 
+    use std::fmt::Write as _;
     let proto = if tls { "https" } else { "http" };
     let ip = peer.ip();
-    let for_value = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    // Each value is written into one buffer that the header then owns.
+    let mut forwarded = String::with_capacity(64);
+    let _ = match ip {
+        std::net::IpAddr::V4(v4) => write!(forwarded, "for={v4}"),
+        std::net::IpAddr::V6(v6) => write!(forwarded, "for=\"[{v6}]\""),
     };
-    let host_part = original_host
+    let _ = write!(forwarded, ";proto={proto}");
+    if let Some(h) = original_host
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .filter(|h| {
             h.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',')
         })
-        .map(|h| format!(";host=\"{h}\""))
-        .unwrap_or_default();
-    if let Ok(v) = HeaderValue::from_str(&format!("for={for_value};proto={proto}{host_part}")) {
+    {
+        let _ = write!(forwarded, ";host=\"{h}\"");
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
         headers.insert(header::FORWARDED, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-        headers.insert("x-forwarded-for", v);
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(ip.to_string())) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(h) = original_host {
-        headers.insert("x-forwarded-host", h);
+        headers.insert(X_FORWARDED_HOST, h);
     }
     for (name, value) in inject {
         headers.insert(name.clone(), value.clone());

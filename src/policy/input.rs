@@ -44,10 +44,31 @@ pub struct RequestFacts<'a> {
 
 /// An object from `(key, value)` pairs.
 pub fn object<'k>(pairs: impl IntoIterator<Item = (&'k str, Value)>) -> Value {
-    let map: BTreeMap<Value, Value> = pairs
-        .into_iter()
-        .map(|(k, v)| (Value::from(k), v))
-        .collect();
+    let mut map = BTreeMap::new();
+    for (k, v) in pairs {
+        map.insert(Value::from(k), v);
+    }
+    Value::from(map)
+}
+
+thread_local! {
+    /// The document's own keys (`request`, `method`, `seen`, …), made once
+    /// per thread and shared by every call's document: they were a third of
+    /// its allocations.
+    static KEYS: RefCell<std::collections::HashMap<&'static str, Value>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+/// An object with the document's own keys; see [`KEYS`].
+fn fixed<const N: usize>(pairs: [(&'static str, Value); N]) -> Value {
+    let mut map = BTreeMap::new();
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        for (k, v) in pairs {
+            let key = keys.entry(k).or_insert_with(|| Value::from(k)).clone();
+            map.insert(key, v);
+        }
+    });
     Value::from(map)
 }
 
@@ -97,7 +118,7 @@ pub fn now_facts(now: DateTime<Utc>) -> Value {
 }
 
 fn build_now(now: DateTime<Utc>) -> Value {
-    object([
+    fixed([
         (
             "rfc3339",
             Value::from(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
@@ -127,7 +148,7 @@ pub fn history_facts(s: &Stats) -> Value {
         .and_then(|t| DateTime::from_timestamp(t, 0))
         .map(|t| Value::from(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
         .unwrap_or(Value::Null);
-    object([
+    fixed([
         ("seen", Value::from(s.seen)),
         ("first_seen", first_seen),
         ("approved", Value::from(s.approved)),
@@ -191,7 +212,7 @@ pub fn build(
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let request = object([
+    let request = fixed([
         ("method", Value::from(req.method)),
         ("path", Value::from(req.path)),
         ("query", query),
@@ -202,13 +223,13 @@ pub fn build(
         ("content_type", opt_str(content_type)),
         ("size", req.size.map(Value::from).unwrap_or(Value::Null)),
     ]);
-    object([
+    fixed([
         ("request", request),
         ("route", route.clone()),
         ("agent", agent.clone()),
         (
             "action",
-            object([
+            fixed([
                 ("tool", Value::from(tool)),
                 ("args", args),
                 ("class", Value::from(class)),
@@ -289,7 +310,7 @@ mod tests {
 /// `input.mcp` for a message of `method` to MCP server (route) `server`;
 /// `annotations` are the tool's hints from the server's `tools/list`.
 pub fn mcp_facts(method: &str, server: &str, annotations: Value) -> Value {
-    object([
+    fixed([
         ("method", Value::from(method)),
         ("server", Value::from(server)),
         ("annotations", annotations),
