@@ -44,10 +44,10 @@ pub struct RequestFacts<'a> {
 
 /// An object from `(key, value)` pairs.
 pub fn object<'k>(pairs: impl IntoIterator<Item = (&'k str, Value)>) -> Value {
-    let mut map = BTreeMap::new();
-    for (k, v) in pairs {
-        map.insert(Value::from(k), v);
-    }
+    let map: BTreeMap<Value, Value> = pairs
+        .into_iter()
+        .map(|(k, v)| (Value::from(k), v))
+        .collect();
     Value::from(map)
 }
 
@@ -61,13 +61,12 @@ thread_local! {
 
 /// An object with the document's own keys; see [`KEYS`].
 fn fixed<const N: usize>(pairs: [(&'static str, Value); N]) -> Value {
-    let mut map = BTreeMap::new();
-    KEYS.with(|keys| {
+    let map: BTreeMap<Value, Value> = KEYS.with(|keys| {
         let mut keys = keys.borrow_mut();
-        for (k, v) in pairs {
-            let key = keys.entry(k).or_insert_with(|| Value::from(k)).clone();
-            map.insert(key, v);
-        }
+        pairs
+            .into_iter()
+            .map(|(k, v)| (keys.entry(k).or_insert_with(|| Value::from(k)).clone(), v))
+            .collect()
     });
     Value::from(map)
 }
