@@ -68,7 +68,7 @@ impl AuditLog {
 }
 
 /// Records per page when streaming the chain.
-const PAGE: usize = 10_000;
+const PAGE: usize = 2_000;
 
 /// Call `f` on every record with `after < seq <= upto`, in order, a page at
 /// a time (constant memory however long the log).

