@@ -515,14 +515,11 @@ impl Gate {
             // between the read and the wait is not missed.
             let mut notified = pin!(notify.notified());
             notified.as_mut().enable();
-            // The approval read is dropped before waiting: thousands of held
-            // calls each keep only this small future.
-            {
-                let a = self.approval(id).await?;
-                if a.state.is_final() {
-                    return Ok(Waited::Final(Box::new(a)));
-                }
+            let a = self.approval(id).await?;
+            if a.state.is_final() {
+                return Ok(Waited::Final(Box::new(a)));
             }
+            drop(a); // not kept across the wait by each of thousands of held calls
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(until) => return Ok(Waited::Pending),
