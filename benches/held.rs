@@ -284,17 +284,28 @@ upstream = "http://{up}"
                 (at, id, head.starts_with("HTTP/1.1 200"))
             }));
         }
-        // Wait until every call is stored and held (RSS stops growing).
-        let mut last = 0;
-        for _ in 0..600 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let now = rss_kib(pid);
-            if now == last {
+        // Wait until every call is stored and held.
+        for _ in 0..1200 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if pending_ids(admin).await.1 >= held as u64 {
                 break;
             }
-            last = now;
         }
         let gate_secs = started.elapsed().as_secs_f64();
+        // Then let the allocator hand back what the burst used (jemalloc
+        // purges over ≈ 10 s) until RSS holds still for 3 s: the memory the
+        // held calls keep, not the burst's.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (mut last, mut still) = (rss_kib(pid), 0);
+        for _ in 0..120 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = rss_kib(pid);
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+            if still >= 6 {
+                break;
+            }
+        }
         let full = rss_kib(pid);
         let protocol = if h2 { "HTTP/2" } else { "HTTP/1.1" };
         println!("held {held} calls over {protocol} in {gate_secs:.1} s ({:.0} gated calls/s)", held as f64 / gate_secs);
