@@ -140,12 +140,7 @@ async fn alert_rules_and_dashboard_use_only_exported_metrics() {
                 .arg(&rules)
                 .output()
                 .unwrap();
-            assert!(
-                out.status.success(),
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_success(&out);
         }
         None => {
             assert!(
@@ -195,12 +190,7 @@ fn the_kubernetes_config_checks_and_the_manifests_run_three_replicas() {
         "postgres://latch:secret@postgres:5432/latch",
     );
     let out = check.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for needle in [
         "replicas: 3",
         "path: /readyz",

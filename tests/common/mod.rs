@@ -12,6 +12,11 @@ pub fn assert_audit_verifies(latch: &TestLatch) {
         .arg(latch.config_path())
         .output()
         .unwrap();
+    assert_success(&out);
+}
+
+/// A finished command must have succeeded; if not, its output says why.
+pub fn assert_success(out: &std::process::Output) {
     assert!(
         out.status.success(),
         "{}{}",
