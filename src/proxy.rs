@@ -23,6 +23,7 @@ mod prompts;
 mod read;
 mod record;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -135,8 +136,16 @@ impl Drop for InFlight {
 
 /// Handle one agent request. Any body type works, so tests can call this
 /// in-process (see [`crate::http_util::boxed_request`]).
-pub async fn handle(proxy: Proxy, mut req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
-    let _in_flight = InFlight::new(&proxy.metrics.in_flight);
+///
+/// Not an `async fn`: its arguments would stay in the future for its whole
+/// life, the request among them, so each of thousands of held calls would
+/// keep room for one. The request goes into the boxed pipeline instead.
+pub fn handle(
+    proxy: Proxy,
+    mut req: Request<Body>,
+    conn: Arc<ConnInfo>,
+) -> impl Future<Output = Response<Body>> {
+    let in_flight = InFlight::new(&proxy.metrics.in_flight);
     let incoming = req
         .headers()
         .get("traceparent")
@@ -149,7 +158,7 @@ pub async fn handle(proxy: Proxy, mut req: Request<Body>, conn: Arc<ConnInfo>) -
     {
         req.headers_mut().insert("traceparent", v);
     }
-    let mut ctx = Ctx {
+    let ctx = Ctx {
         id: uuid::Uuid::now_v7().to_string(),
         start: Instant::now(),
         method: req.method().clone(),
@@ -161,24 +170,44 @@ pub async fn handle(proxy: Proxy, mut req: Request<Body>, conn: Arc<ConnInfo>) -
     };
     // The pipeline's state is boxed and freed before a held call waits, so
     // each of thousands of held calls keeps only the small wait future.
-    let step = Box::pin(pipeline(&proxy, req, &conn, &mut ctx)).await;
-    let mut resp = match step {
-        Ok(Step::Answer(resp)) => resp,
-        Ok(Step::Hold(held)) => {
-            let _wait = proxy.tracer.child("latch.wait", &ctx.span);
-            held::wait(&proxy, held).await
-        }
-        Ok(Step::McpHold(w)) => {
-            let _wait = proxy.tracer.child("latch.wait", &ctx.span);
-            // Boxed: it is larger than the plain wait, and unboxed every
-            // held call would keep room for it (1,568 → 1,312 bytes each).
-            Box::pin(mcp::wait(&proxy, *w)).await
-        }
-        Err(e) => {
-            ctx.outcome = e.status_and_code().1;
-            e.into_response(&ctx.id)
-        }
-    };
+    let judged = Box::pin(judge(proxy, req, conn, ctx));
+    async move {
+        let _in_flight = in_flight;
+        let (proxy, step, mut ctx) = judged.await;
+        let resp = match step {
+            Ok(Step::Answer(resp)) => resp,
+            Ok(Step::Hold(held)) => {
+                let _wait = proxy.tracer.child("latch.wait", &ctx.span);
+                held::wait(&proxy, held).await
+            }
+            Ok(Step::McpHold(w)) => {
+                let _wait = proxy.tracer.child("latch.wait", &ctx.span);
+                // Boxed: it is larger than the plain wait, and unboxed every
+                // held call would keep room for it (1,568 → 1,312 bytes each).
+                Box::pin(mcp::wait(&proxy, *w)).await
+            }
+            Err(e) => {
+                ctx.outcome = e.status_and_code().1;
+                e.into_response(&ctx.id)
+            }
+        };
+        finish(&proxy, resp, &ctx)
+    }
+}
+
+/// Run the pipeline; hands back what the answer needs.
+async fn judge(
+    proxy: Proxy,
+    req: Request<Body>,
+    conn: Arc<ConnInfo>,
+    mut ctx: Ctx,
+) -> (Proxy, Result<Step, ProxyError>, Ctx) {
+    let step = pipeline(&proxy, req, &conn, &mut ctx).await;
+    (proxy, step, ctx)
+}
+
+/// The answer's request id, span attributes, metrics and access line.
+fn finish(proxy: &Proxy, mut resp: Response<Body>, ctx: &Ctx) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&ctx.id) {
         resp.headers_mut().insert("latch-request-id", v);
     }
