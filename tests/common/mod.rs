@@ -1,6 +1,7 @@
 //! The shared harness lives in the library (`latch::testing`, feature
 //! `test-util`), so benches use it too.
-#![allow(unused_imports)]
+// Each test binary uses part of it.
+#![allow(unused_imports, dead_code)]
 
 pub use latch::testing::*;
 
