@@ -194,9 +194,9 @@ upstream = "http://{up}"
         );
         std::fs::write(dir.path().join("latch.toml"), config).expect("config");
         // HELD_WRAP runs Latch under a tool, e.g. `heaptrack` to see where
-        // the memory of held calls goes (run the bench with
-        // `--no-default-features`: heaptrack sees the system allocator, not
-        // jemalloc).
+        // the memory of held calls goes (on a binary built with
+        // `--no-default-features`, so heaptrack sees the system allocator:
+        // benches/README.md says how).
         let mut cmd = match std::env::var("HELD_WRAP") {
             Ok(wrap) => {
                 let mut c = Command::new(wrap);

@@ -34,7 +34,8 @@ notes contains n if {
 # With the shipped concerns in force (the usual case) their `quiet`
 # conditions are restated here in one body: on the VM each rule call costs
 # about half a microsecond, and this is every allowed call's path (four
-# calls: 5.3 µs; one body: 3.1 µs). latch_test.rego holds this body to the
+# calls: 5.3 µs; one body: 3.1 µs). The list of concerns is a literal, twice:
+# a rule holding it would cost another call. latch_test.rego holds this body to the
 # concerns' own `quiet` rules on a call that trips each condition, so a
 # change to one of them that is not made here fails `latch policy test`.
 # Any other list of concerns (a pack that adds its own) asks each listed

@@ -183,7 +183,7 @@ pub fn handle(
             Ok(Step::McpHold(w)) => {
                 let _wait = proxy.tracer.child("latch.wait", &ctx.span);
                 // Boxed: it is larger than the plain wait, and unboxed every
-                // held call would keep room for it (1,568 → 1,312 bytes each).
+                // held call would keep room for it (256 bytes more each).
                 Box::pin(mcp::wait(&proxy, *w)).await
             }
             Err(e) => {
