@@ -3,69 +3,10 @@
 //! for allow/deny decisions, and paging through stored records.
 
 pub mod chain;
+pub mod writer;
 
-use chain::{Event, Record};
-
-/// Group-commit writer for allow/deny decisions: callers wait for their
-/// record to be committed (so nothing is forwarded unrecorded), records from
-/// concurrent requests share one commit, and a full queue pushes back.
-pub struct AuditLog {
-    tx: tokio::sync::mpsc::Sender<(Event, tokio::sync::oneshot::Sender<bool>)>,
-}
-
-/// The audit log could not be written.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("audit log unavailable")]
-pub struct Unavailable;
-
-impl AuditLog {
-    /// Start the writer thread over `store`.
-    pub fn start(
-        store: std::sync::Arc<dyn crate::store::Store>,
-        write_seconds: prometheus::Histogram,
-    ) -> std::io::Result<AuditLog> {
-        let (tx, mut rx) =
-            tokio::sync::mpsc::channel::<(Event, tokio::sync::oneshot::Sender<bool>)>(4096);
-        std::thread::Builder::new()
-            .name("latch-audit".into())
-            .spawn(move || {
-                while let Some(first) = rx.blocking_recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < 512 {
-                        match rx.try_recv() {
-                            Ok(item) => batch.push(item),
-                            Err(_) => break,
-                        }
-                    }
-                    let (events, acks): (Vec<Event>, Vec<_>) = batch.into_iter().unzip();
-                    let started = std::time::Instant::now();
-                    let n = events.len();
-                    let ok = match store.append_audit(events) {
-                        Ok(_) => true,
-                        Err(e) => {
-                            tracing::error!(error = %e, records = n, "audit write failed");
-                            false
-                        }
-                    };
-                    write_seconds.observe(started.elapsed().as_secs_f64());
-                    for ack in acks {
-                        let _ = ack.send(ok);
-                    }
-                }
-            })?;
-        Ok(AuditLog { tx })
-    }
-
-    /// Append `event`; returns once it is committed.
-    pub async fn record(&self, event: Event) -> Result<(), Unavailable> {
-        let (ack, done) = tokio::sync::oneshot::channel();
-        self.tx.send((event, ack)).await.map_err(|_| Unavailable)?;
-        match done.await {
-            Ok(true) => Ok(()),
-            _ => Err(Unavailable),
-        }
-    }
-}
+use chain::Record;
+pub use writer::{AuditLog, Then, Unavailable};
 
 /// Records per page when streaming the chain.
 const PAGE: usize = 2_000;
@@ -300,6 +241,7 @@ pub fn records(
 
 #[cfg(test)]
 mod tests {
+    use super::chain::Event;
     use super::*;
     use crate::store::sqlite::SqliteStore;
     use crate::store::Store;
@@ -439,5 +381,72 @@ mod tests {
                 head: 25000
             }
         );
+    }
+
+    /// Threads committing for themselves and async callers share one
+    /// chain: every record lands once, in a chain that verifies, and every
+    /// caller hears its record was committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_and_async_records_share_one_chain() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::memory(None).unwrap());
+        let seconds = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("w", "w"));
+        let log = Arc::new(AuditLog::start(store.clone(), seconds.unwrap()).unwrap());
+        let acked = Arc::new(AtomicUsize::new(0));
+        let event = |who: &str, i: usize| {
+            Event::new(
+                who,
+                "decision",
+                &format!("{who}-{i}"),
+                serde_json::json!({}),
+            )
+        };
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let (log, acked) = (log.clone(), acked.clone());
+                std::thread::spawn(move || {
+                    for i in 0..300 {
+                        let acked = acked.clone();
+                        let then = move |ok: bool| {
+                            assert!(ok);
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        };
+                        log.commit_blocking(event(&format!("t{t}"), i), Box::new(then));
+                    }
+                })
+            })
+            .collect();
+        let callers: Vec<_> = (0..100)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.record(event("async", i)).await })
+            })
+            .collect();
+        for c in callers {
+            c.await.unwrap().unwrap();
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        // A blocking caller's record may still be in another thread's commit.
+        for _ in 0..100 {
+            if acked.load(Ordering::SeqCst) == 900 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(acked.load(Ordering::SeqCst), 900);
+        let verified = verify_store(&*store, None).unwrap().unwrap();
+        assert_eq!(verified.verified.records, 1000);
+        let mut subjects: Vec<String> = store
+            .audit_after(0, 2000)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.subject)
+            .collect();
+        subjects.sort();
+        subjects.dedup();
+        assert_eq!(subjects.len(), 1000);
     }
 }

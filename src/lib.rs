@@ -32,12 +32,13 @@
 //!         → gate                 approvals: Gate handle, pure state machine, execution, grants
 //!           → insights               automation rate, rubber-stamp signals, learned classes
 //!           → policy, upstream, history, audit, identity
-//!             → store, telemetry, tls
-//!               → config
-//!                 → gate::model, audit::chain,         record types
-//!                   prompts::model
-//!                   → digest, http_util, throttle,      leaves: import nothing of ours
-//!                     ticker, policy::decision, history::stats
+//!             → audit::writer, trace     group commit of decision records; spans
+//!               → store, telemetry, tls
+//!                 → config
+//!                   → gate::model, audit::chain,         record types
+//!                     prompts::model
+//!                     → digest, http_util, throttle,      leaves: import nothing of ours
+//!                       ticker, policy::decision, history::stats
 //! ```
 //!
 //! - [`config`]: `latch.toml` → validated [`config::Config`] (errors name key and line).

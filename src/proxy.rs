@@ -288,7 +288,8 @@ async fn pipeline(
     let call = call::build(p, route, &agent, &parts, decoded_path, &body, None)?;
     ctx.span.set("latch.tool", route.config.tool.as_str());
     let policy_span = p.tracer.child("latch.policy", &ctx.span);
-    let verdict = evaluate::evaluate(p, &call, body.judged.is_some(), ctx).await;
+    let draft = record::Draft::of(&agent, &ctx.id, &call);
+    let verdict = evaluate::evaluate(p, &call, body.judged.is_some(), ctx, Some(draft)).await;
     drop(policy_span);
     ctx.span.set("latch.risk", verdict.decision.risk.as_str());
     if verdict.decision.action == Action::Gate && verdict.shadowed.is_none() {
@@ -312,7 +313,9 @@ async fn pipeline(
             Ok(Step::Answer(resp))
         }
         (Action::Deny, None) => {
-            recorded.record(&verdict.decision, false, None).await?;
+            recorded
+                .record_once(verdict.recorded, &verdict.decision, false, None)
+                .await?;
             Ok(Step::Answer(deny::deny(&ctx.id, &verdict.decision)))
         }
         (Action::Gate, None) => {
@@ -320,7 +323,9 @@ async fn pipeline(
         }
         (Action::Allow, None) => {
             let grant = verdict.grant.as_ref().map(|g| &g.grant);
-            recorded.record(&verdict.decision, false, grant).await?;
+            recorded
+                .record_once(verdict.recorded, &verdict.decision, false, grant)
+                .await?;
             let body = read::outgoing(body)?;
             let mut resp = forward::forward(p, route, parts, body, conn, &ctx.span).await?;
             // The agent learns which grant let it through (and may cite it).

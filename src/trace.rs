@@ -92,7 +92,16 @@ impl Tracer {
 
     /// A child of `parent`.
     pub fn child(&self, name: &'static str, parent: &Span) -> Span {
-        match (&self.0, &parent.0) {
+        self.child_in(name, parent.0.as_ref())
+    }
+
+    /// A child of the span `parent` names (e.g. on another thread).
+    pub fn child_of(&self, name: &'static str, parent: &Parent) -> Span {
+        self.child_in(name, parent.0.as_ref())
+    }
+
+    fn child_in(&self, name: &'static str, parent: Option<&Context>) -> Span {
+        match (&self.0, parent) {
             (Some(inner), Some(cx)) => {
                 let span = inner.tracer.start_with_context(name, cx);
                 Span(Some(cx.with_span(span)))
@@ -102,7 +111,17 @@ impl Tracer {
     }
 }
 
+/// Names a span for its children without ending it when dropped, so a
+/// child can start on another thread.
+#[derive(Clone, Default)]
+pub struct Parent(Option<Context>);
+
 impl Span {
+    /// What a child of this span started elsewhere needs.
+    pub fn parent(&self) -> Parent {
+        Parent(self.0.clone())
+    }
+
     /// Set a string attribute.
     pub fn set(&self, key: &'static str, value: impl Into<String>) {
         if let Some(cx) = &self.0 {

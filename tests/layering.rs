@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("audit", 50),
     ("identity", 50),
     ("trace", 45),
+    ("audit::writer", 45),
     ("store", 40),
     ("telemetry", 40),
     ("tls", 40),

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use regorus::Value;
 use tokio::sync::watch;
 
-use super::pool::Evaluators;
+use super::pool::{Evaluators, Judged, Recorder};
 use super::{cases, Evaluation, Evaluator, PolicySet, Sources};
 use crate::config::PolicyConfig;
 use crate::telemetry::Metrics;
@@ -87,8 +87,24 @@ impl Engine {
     /// within its time limit; records the evaluation metrics and logs a
     /// failure (which is already a `policy_error` deny).
     pub async fn evaluate(&self, input: Value) -> (Arc<PolicySet>, Evaluation) {
+        let (set, judged) = self.judge(input, None).await;
+        (set, judged.evaluation)
+    }
+
+    /// [`Engine::evaluate`], with the decision's audit record committed on
+    /// the evaluator thread when `recorder` makes one (see [`Evaluators::evaluate`]).
+    pub async fn judge(
+        &self,
+        input: Value,
+        recorder: Option<Recorder>,
+    ) -> (Arc<PolicySet>, Judged) {
         let set = self.current();
-        let eval = self.0.evaluators.evaluate(set.clone(), input).await;
+        let judged = self
+            .0
+            .evaluators
+            .evaluate(set.clone(), input, recorder)
+            .await;
+        let eval = &judged.evaluation;
         let m = &self.0.metrics;
         m.policy_eval.observe(eval.elapsed.as_secs_f64());
         if let Some(err) = &eval.error {
@@ -100,7 +116,7 @@ impl Engine {
             m.policy_errors.with_label_values(&[reason]).inc();
             tracing::warn!(error = %err, policy = set.hash(), "policy failed; denying");
         }
-        (set, eval)
+        (set, judged)
     }
 
     /// Replace the active set whole.

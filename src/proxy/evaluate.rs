@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use super::call::Call;
+use super::record::Draft;
 use super::{Ctx, Proxy};
 use crate::config::Mode;
 use crate::gate::LiveGrant;
+use crate::policy::pool::{Recorder, ToRecord};
 use crate::policy::{Action, Decision, PolicySet};
 
 /// What the policy decided and what Latch will do about it.
@@ -19,20 +21,45 @@ pub(super) struct Verdict {
     pub shadowed: Option<Action>,
     /// The grant that allows this gated call without a human.
     pub grant: Option<Arc<LiveGrant>>,
+    /// Whether the evaluator thread committed the decision's record
+    /// (`Some(false)`: it could not; `None`: the caller records it).
+    pub recorded: Option<bool>,
 }
 
-/// Evaluate `call` on the evaluator threads.
-pub(super) async fn evaluate(p: &Proxy, call: &Call<'_>, buffered: bool, ctx: &mut Ctx) -> Verdict {
+/// Evaluate `call` on the evaluator threads. With `draft`, an allow or a
+/// deny the route enforces is recorded there too, as soon as it is made
+/// (one thread crossing fewer than recording from here); the verdict says
+/// whether that happened.
+pub(super) async fn evaluate(
+    p: &Proxy,
+    call: &Call<'_>,
+    buffered: bool,
+    ctx: &mut Ctx,
+    draft: Option<Draft>,
+) -> Verdict {
     // The evaluator gets a shared reference; the call keeps its own, so the
     // input is freed later on this worker, which allocated it, not on the
     // evaluator thread (frees into another thread's arena contend on its lock).
     let input = call.input.clone();
+    let route = &call.route.config;
+    let recorder = draft.filter(|_| route.mode != Mode::Shadow).map(|draft| {
+        let (tracer, parent) = (p.tracer.clone(), ctx.span.parent());
+        Recorder {
+            audit: p.audit.clone(),
+            record: Box::new(move |set: &PolicySet, d: &Decision| {
+                (d.action != Action::Gate).then(|| ToRecord {
+                    event: draft.event(d, set.hash(), false, None),
+                    span: tracer.child_of("latch.audit", &parent),
+                })
+            }),
+        }
+    });
     // On its own threads, within its time limit (a failure is logged there).
-    let (policy, eval) = p.policy.evaluate(input).await;
-    let mut decision = eval.decision;
+    let (policy, judged) = p.policy.judge(input, recorder).await;
+    let recorded = judged.recorded;
+    let mut decision = judged.evaluation.decision;
     ctx.outcome = decision.action.as_str();
     ctx.policy_code = Some(decision.code.clone());
-    let route = &call.route.config;
     // Shadow mode: record what the policy would have done, then let the call
     // through, so a team can watch a new policy before it bites.
     let shadowed =
@@ -84,6 +111,7 @@ pub(super) async fn evaluate(p: &Proxy, call: &Call<'_>, buffered: bool, ctx: &m
         decision,
         shadowed,
         grant,
+        recorded,
     }
 }
 

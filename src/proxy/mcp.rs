@@ -285,7 +285,8 @@ async fn tool_call(
     ctx.span.set("latch.tool", tc.name);
     let call = build(req, &parts, &read, &tc, params).await?;
     let policy_span = p.tracer.child("latch.policy", &ctx.span);
-    let verdict = evaluate::evaluate(p, &call, true, ctx).await;
+    let draft = super::record::Draft::of(req.agent, &ctx.id, &call);
+    let verdict = evaluate::evaluate(p, &call, true, ctx, Some(draft)).await;
     drop(policy_span);
     ctx.span.set("latch.risk", verdict.decision.risk.as_str());
     let recorded = Recorded {
@@ -300,6 +301,7 @@ async fn tool_call(
         decision,
         shadowed,
         grant,
+        recorded: on_thread,
         ..
     } = verdict;
     let watch = Watch::reply_to(id);
@@ -314,7 +316,9 @@ async fn tool_call(
             Ok(step)
         }
         (Action::Deny, None) => {
-            recorded.record(&decision, false, None).await?;
+            recorded
+                .record_once(on_thread, &decision, false, None)
+                .await?;
             Ok(Step::Answer(refusal(id, &ctx.id, &decision, "deny")))
         }
         (Action::Gate, None) => {
@@ -332,7 +336,9 @@ async fn tool_call(
         }
         (Action::Allow, None) => {
             let grant = grant.as_ref().map(|g| &g.grant);
-            recorded.record(&decision, false, grant).await?;
+            recorded
+                .record_once(on_thread, &decision, false, grant)
+                .await?;
             let mut step = send(req, parts, read, &watch, ctx).await?;
             if let (Step::Answer(resp), Some(g)) = (&mut step, grant) {
                 if let Ok(v) = HeaderValue::from_str(&g.id) {

@@ -1,7 +1,7 @@
 //! Stage 5, record: the allow/deny decision lands in the audit chain
 //! before the call is answered or sent, so nothing executes unaudited.
 
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
 use super::call::Call;
 use super::error::ProxyError;
@@ -36,23 +36,92 @@ impl Recorded<'_> {
         shadow: bool,
         grant: Option<&Grant>,
     ) -> Result<(), ProxyError> {
-        let c = self.call;
-        let mut details = json!({
-            "action": d.action, "code": d.code, "risk": d.risk, "reasons": d.reasons,
-            "route": c.route.config.name, "tool": c.tool, "method": c.method.as_str(),
-            "path": c.path, "body_sha256": c.body_sha256, "policy": self.policy, "shadow": shadow,
-        });
-        if let Some(g) = grant {
-            details["grant"] = json!(g.id);
-            details["class"] = json!(g.class);
-            details["granted_by"] = json!(g.granted_by);
-        }
-        let event = Event::new(&self.agent.id, "decision", self.request_id, details);
+        let event = self.draft().event(d, self.policy, shadow, grant);
         let span = self.proxy.tracer.child("latch.audit", self.span);
         self.proxy.audit.record(event).await.map_err(|_| {
             span.fail("audit log unavailable");
             ProxyError::AuditUnavailable
         })
+    }
+
+    /// [`Recorded::record`], unless the evaluator thread recorded the
+    /// decision already (`on_thread`: how that went, see [`Verdict`]).
+    ///
+    /// [`Verdict`]: super::evaluate::Verdict
+    pub async fn record_once(
+        &self,
+        on_thread: Option<bool>,
+        d: &Decision,
+        shadow: bool,
+        grant: Option<&Grant>,
+    ) -> Result<(), ProxyError> {
+        match on_thread {
+            Some(true) => Ok(()),
+            Some(false) => Err(ProxyError::AuditUnavailable),
+            None => self.record(d, shadow, grant).await,
+        }
+    }
+
+    /// This call's record, to be completed with its decision.
+    pub fn draft(&self) -> Draft {
+        Draft::of(self.agent, self.request_id, self.call)
+    }
+}
+
+/// What a call's decision record says besides the decision, owned so the
+/// evaluator thread that decides can make the record.
+pub(super) struct Draft {
+    agent: String,
+    request_id: String,
+    route: String,
+    tool: String,
+    method: http::Method,
+    path: String,
+    body_sha256: Option<String>,
+}
+
+impl Draft {
+    /// The record of `call`, by `agent`, under `request_id`.
+    pub fn of(agent: &Principal, request_id: &str, call: &Call<'_>) -> Draft {
+        Draft {
+            agent: agent.id.clone(),
+            request_id: request_id.to_string(),
+            route: call.route.config.name.clone(),
+            tool: call.tool.to_string(),
+            method: call.method.clone(),
+            path: call.path.clone(),
+            body_sha256: call.body_sha256.clone(),
+        }
+    }
+
+    /// The record of decision `d` by policy set `policy`.
+    pub fn event(self, d: &Decision, policy: &str, shadow: bool, grant: Option<&Grant>) -> Event {
+        // The call's own strings move into the record rather than being copied.
+        let mut details = Map::new();
+        let mut put = |k: &str, v: Value| details.insert(k.into(), v);
+        put("action", d.action.as_str().into());
+        put("code", d.code.as_str().into());
+        put("risk", d.risk.as_str().into());
+        put("reasons", d.reasons.clone().into());
+        put("route", self.route.into());
+        put("tool", self.tool.into());
+        put("method", self.method.as_str().into());
+        put("path", self.path.into());
+        put("body_sha256", self.body_sha256.into());
+        put("policy", policy.into());
+        put("shadow", shadow.into());
+        if let Some(g) = grant {
+            put("grant", g.id.as_str().into());
+            put("class", g.class.as_str().into());
+            put("granted_by", g.granted_by.clone().into());
+        }
+        let details = Value::Object(details);
+        Event {
+            actor: self.agent,
+            event: "decision".into(),
+            subject: self.request_id,
+            details,
+        }
     }
 }
 

@@ -152,6 +152,27 @@ impl SqliteStore {
     }
 }
 
+/// Run `body` in a transaction committed without an fsync (WAL with
+/// `synchronous=NORMAL`): the commit survives a crash of Latch (the OS has
+/// the pages), and the next synced commit or checkpoint makes it durable
+/// on disk too. The connection is back to synced commits afterwards.
+fn unsynced<T>(
+    conn: &mut Connection,
+    body: impl FnOnce(&rusqlite::Transaction<'_>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    conn.prepare_cached("PRAGMA synchronous=NORMAL")?
+        .execute([])?;
+    let result = (|| {
+        let tx = conn.transaction()?;
+        let out = body(&tx)?;
+        tx.commit()?;
+        Ok::<_, anyhow::Error>(out)
+    })();
+    conn.prepare_cached("PRAGMA synchronous=FULL")?
+        .execute([])?;
+    result
+}
+
 struct ConnGuard<'a>(std::sync::MutexGuard<'a, Db>);
 
 impl std::ops::Deref for ConnGuard<'_> {
@@ -217,9 +238,11 @@ impl Store for SqliteStore {
     }
 
     fn add_history(&self, rows: &[HistoryRow]) -> anyhow::Result<()> {
+        // Written behind already (a crash loses the last window anyway), so
+        // an fsync would buy nothing, and it would hold up every decision
+        // record queued behind this connection for the length of one.
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        {
+        unsynced(&mut conn, |tx| {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO action_history
                    (fingerprint, agent, tool, shape, seen, first_seen, last_seen, approved, rejected, last_decision,
@@ -249,9 +272,8 @@ impl Store for SqliteStore {
                     s.decision_ms_total as i64,
                 ])?;
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     fn ping(&self) -> anyhow::Result<()> {
@@ -307,19 +329,7 @@ impl Store for SqliteStore {
     fn append_audit(&self, events: Vec<Event>) -> anyhow::Result<Vec<Record>> {
         let mut db = self.db()?;
         let Db { conn, tail } = &mut *db;
-        // WAL + NORMAL: the commit survives a crash of Latch (the OS has the
-        // pages); the next synced commit makes it durable on disk too.
-        conn.prepare_cached("PRAGMA synchronous=NORMAL")?
-            .execute([])?;
-        let result = (|| {
-            let tx = conn.transaction()?;
-            let records = append(&tx, tail, events, self.key.as_ref())?;
-            tx.commit()?;
-            Ok::<_, anyhow::Error>(records)
-        })();
-        conn.prepare_cached("PRAGMA synchronous=FULL")?
-            .execute([])?;
-        let records = result?;
+        let records = unsynced(conn, |tx| append(tx, tail, events, self.key.as_ref()))?;
         if let Some(last) = records.last() {
             *tail = (last.seq, last.hash.clone());
         }

@@ -70,7 +70,8 @@ pub(super) async fn batch(
             }
         };
         let call = build(req, &parts, &read, &tc, *params).await?;
-        let verdict = evaluate::evaluate(p, &call, true, ctx).await;
+        // Recorded below as carried out: the batch goes out whole or not at all.
+        let verdict = evaluate::evaluate(p, &call, true, ctx, None).await;
         judged.push(Judged {
             index: i,
             decision_id,
