@@ -6,6 +6,8 @@
 //! Evaluations therefore run on a few dedicated threads (each with its own
 //! VM), and the async side waits at most the limit plus a grace period: a
 //! late answer is a deny, whatever it says (see [`super::PolicySet::evaluate`]).
+//! The thread that decides a call may also commit the decision's audit
+//! record, so the call waits for one thread instead of two in turn.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -28,8 +28,8 @@ pub(super) struct Verdict {
 
 /// Evaluate `call` on the evaluator threads. With `draft`, an allow or a
 /// deny the route enforces is recorded there too, as soon as it is made
-/// (one thread crossing fewer than recording from here); the verdict says
-/// whether that happened.
+/// (the call does not cross to the audit writer and back); the verdict
+/// says whether that happened.
 pub(super) async fn evaluate(
     p: &Proxy,
     call: &Call<'_>,
