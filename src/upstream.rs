@@ -334,14 +334,19 @@ pub fn upstream_request_headers(
 
     use std::fmt::Write as _;
     let proto = if tls { "https" } else { "http" };
-    let ip = peer.ip();
+    let ip = ip_text(peer.ip());
     // Each value is written into one buffer that the header then owns.
     let mut forwarded = String::with_capacity(64);
-    let _ = match ip {
-        std::net::IpAddr::V4(v4) => write!(forwarded, "for={v4}"),
-        std::net::IpAddr::V6(v6) => write!(forwarded, "for=\"[{v6}]\""),
-    };
-    let _ = write!(forwarded, ";proto={proto}");
+    match peer {
+        SocketAddr::V4(_) => forwarded.push_str("for="),
+        SocketAddr::V6(_) => forwarded.push_str("for=\"["),
+    }
+    forwarded.push_str(&ip);
+    if peer.is_ipv6() {
+        forwarded.push_str("]\"");
+    }
+    forwarded.push_str(";proto=");
+    forwarded.push_str(proto);
     if let Some(h) = original_host
         .as_ref()
         .and_then(|h| h.to_str().ok())
@@ -355,7 +360,7 @@ pub fn upstream_request_headers(
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
         headers.insert(header::FORWARDED, v);
     }
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(ip.to_string())) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(ip)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -367,9 +372,46 @@ pub fn upstream_request_headers(
     }
 }
 
+/// The address as text; IPv4 without the formatting machinery (this runs
+/// for every forwarded call).
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_text_is_dotted_decimal() {
+        for ip in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.168.100.9",
+            "8.80.200.99",
+        ] {
+            assert_eq!(ip_text(ip.parse().unwrap()), ip);
+        }
+        assert_eq!(ip_text("::1".parse().unwrap()), "::1");
+    }
 
     #[test]
     fn upstream_headers_hide_credentials_and_replace_forwarding() {
