@@ -413,3 +413,65 @@ async fn a_silent_connection_is_cut_off() {
         tokio::time::timeout(std::time::Duration::from_secs(8), s.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "a silent connection was still open after 8 s");
 }
+
+/// Every allowed or denied call leaves exactly one decision record, whole,
+/// under the id the agent was answered with (the evaluator thread that
+/// decides commits it; nothing else may add a second).
+#[tokio::test]
+async fn each_decided_call_is_recorded_once_under_its_request_id() {
+    let up = Upstream::start().await;
+    let latch = TestLatch::start(&up.url()).await;
+    let allowed = call("POST", latch.proxy(), "/tools/echo/send", r#"{"n": 1}"#).await;
+    assert_eq!(allowed.status, 200);
+    let denied = call(
+        "POST",
+        latch.proxy(),
+        "/tools/echo/send",
+        r#"{"echo_input": true}"#,
+    )
+    .await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(up.requests().len(), 1);
+
+    let audit = admin(
+        latch.admin(),
+        "GET",
+        "/api/v1/audit?limit=100",
+        "alice-token",
+        "",
+    )
+    .await;
+    assert_eq!(audit.status, 200, "{:?}", audit.body);
+    let records = audit.json()["records"].as_array().cloned().unwrap();
+    let decisions: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "decision")
+        .collect();
+    assert_eq!(decisions.len(), 2, "{decisions:?}");
+    for (answer, body, action) in [
+        (&allowed, r#"{"n": 1}"#, "allow"),
+        (&denied, r#"{"echo_input": true}"#, "deny"),
+    ] {
+        let id = answer.header("latch-request-id");
+        let mine: Vec<&&Value> = decisions.iter().filter(|r| r["subject"] == id).collect();
+        assert_eq!(mine.len(), 1, "one record for {id}: {decisions:?}");
+        let (r, d) = (mine[0], &mine[0]["details"]);
+        assert_eq!(r["actor"], "bot");
+        assert_eq!(d["action"], action);
+        assert_eq!(d["route"], "echo");
+        assert_eq!(d["tool"], "echo");
+        assert_eq!(d["method"], "POST");
+        assert_eq!(d["path"], "/tools/echo/send");
+        assert_eq!(d["shadow"], false);
+        assert_eq!(
+            d["body_sha256"],
+            latch::digest::body_sha256(body.as_bytes())
+        );
+        assert_eq!(d["policy"].as_str().unwrap().len(), 64);
+        assert!(d["reasons"].is_array());
+    }
+    let refusal = decisions
+        .iter()
+        .find(|r| r["subject"] == denied.header("latch-request-id"));
+    assert_eq!(refusal.unwrap()["details"]["code"], denied.json()["code"]);
+}
