@@ -337,15 +337,14 @@ pub fn upstream_request_headers(
     let ip = ip_text(peer.ip());
     // Each value is written into one buffer that the header then owns.
     let mut forwarded = String::with_capacity(64);
-    match peer {
-        SocketAddr::V4(_) => forwarded.push_str("for="),
-        SocketAddr::V6(_) => forwarded.push_str("for=\"["),
+    let (open, close) = if peer.is_ipv6() {
+        ("\"[", "]\"")
+    } else {
+        ("", "")
+    };
+    for part in ["for=", open, &ip, close, ";proto="] {
+        forwarded.push_str(part);
     }
-    forwarded.push_str(&ip);
-    if peer.is_ipv6() {
-        forwarded.push_str("]\"");
-    }
-    forwarded.push_str(";proto=");
     forwarded.push_str(proto);
     if let Some(h) = original_host
         .as_ref()

@@ -36,7 +36,8 @@ impl Recorded<'_> {
         shadow: bool,
         grant: Option<&Grant>,
     ) -> Result<(), ProxyError> {
-        let event = self.draft().event(d, self.policy, shadow, grant);
+        let draft = Draft::of(self.agent, self.request_id, self.call);
+        let event = draft.event(d, self.policy, shadow, grant);
         let span = self.proxy.tracer.child("latch.audit", self.span);
         self.proxy.audit.record(event).await.map_err(|_| {
             span.fail("audit log unavailable");
@@ -60,11 +61,6 @@ impl Recorded<'_> {
             Some(false) => Err(ProxyError::AuditUnavailable),
             None => self.record(d, shadow, grant).await,
         }
-    }
-
-    /// This call's record, to be completed with its decision.
-    pub fn draft(&self) -> Draft {
-        Draft::of(self.agent, self.request_id, self.call)
     }
 }
 
