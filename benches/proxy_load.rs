@@ -27,7 +27,7 @@ fn start_upstream() -> SocketAddr {
     fixed_upstream(br#"{"results":["a","b"]}"#)
 }
 
-fn start_latch(dir: &Path, upstream: SocketAddr) -> (Proc, SocketAddr, SocketAddr) {
+fn start_latch(bin: &Path, dir: &Path, upstream: SocketAddr) -> (Proc, SocketAddr, SocketAddr) {
     let port = free_port();
     let admin = free_port();
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
@@ -64,7 +64,7 @@ inject_headers = {{ authorization = "Bearer upstream-key" }}
     let path = dir.join("latch.toml");
     std::fs::write(&path, config).expect("write config");
     let log = std::fs::File::create(dir.join("latch.log")).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_latch"))
+    let child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(&path)
         .stdout(Stdio::null())
@@ -206,9 +206,16 @@ fn main() {
     } = settings;
     let dir = tempfile::tempdir().expect("tempdir");
     let upstream = start_upstream();
-    let (latch_proc, latch_addr, admin_addr) = start_latch(dir.path(), upstream);
+    let bin = Path::new(env!("CARGO_BIN_EXE_latch"));
+    let (latch_proc, latch_addr, admin_addr) = start_latch(bin, dir.path(), upstream);
     publish_prompt(admin_addr);
     let nginx = start_nginx(dir.path(), upstream);
+    // Another build beside this one, in its own directory and store.
+    let other = std::env::var_os("LATCH_B").map(|b| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (proc, addr, admin) = start_latch(Path::new(&b), dir.path(), upstream);
+        (dir, proc, addr, admin)
+    });
 
     let mut targets = vec![
         ("direct", get(format!("http://{upstream}/search?q=rego"))),
@@ -222,10 +229,22 @@ fn main() {
     } else {
         eprintln!("nginx not found (apt-get install nginx-light); skipping the nginx comparison");
     }
+    if let Some((_, _, addr, _)) = &other {
+        targets.push(("latch-b", get(format!("http://{addr}/tools/search?q=rego"))));
+    }
     let rt = load::runtime();
     let results = compare(&rt, &targets, settings);
     report(&results, "direct", "latch", rate);
     report(&results, "nginx", "latch", rate);
+    if let Some((dir, proc, _, admin)) = other {
+        report(&results, "direct", "latch-b", rate);
+        report(&results, "nginx", "latch-b", rate);
+        let answered = answered_allows(admin);
+        drop(proc); // SIGKILL
+        let records = decision_records(&dir.path().join("latch.db"));
+        println!("latch-b decision records: {records} for {answered} allowed calls answered");
+        assert_eq!(records, answered, "latch-b lost a decision record");
+    }
 
     // Every call Latch answered as allowed has its decision record — even
     // after a kill -9 right now (records commit before the call is sent).

@@ -21,7 +21,6 @@ pub mod rejudge;
 pub mod vouch;
 pub mod waiters;
 
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -499,30 +498,6 @@ impl Gate {
                 if let Err(e) = self.load_grants().await {
                     tracing::warn!(error = %e, "reloading grants failed");
                 }
-            }
-        }
-    }
-
-    /// Wait until approval `id` is final or `hold` passes.
-    pub async fn wait(&self, id: &str, hold: Duration) -> Result<Waited, GateError> {
-        let until = tokio::time::Instant::now() + hold;
-        let watch = self.0.waiters.watch(id);
-        let Some(notify) = watch.notify() else {
-            return Ok(Waited::Pending);
-        };
-        loop {
-            // Register for the wake-up before reading the state, so a verdict
-            // between the read and the wait is not missed.
-            let mut notified = pin!(notify.notified());
-            notified.as_mut().enable();
-            let a = self.approval(id).await?;
-            if a.state.is_final() {
-                return Ok(Waited::Final(Box::new(a)));
-            }
-            drop(a); // not kept across the wait by each of thousands of held calls
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(until) => return Ok(Waited::Pending),
             }
         }
     }

@@ -174,24 +174,45 @@ pub fn handle(
     async move {
         let _in_flight = in_flight;
         let (proxy, step, mut ctx) = judged.await;
-        let resp = match step {
-            Ok(Step::Answer(resp)) => resp,
-            Ok(Step::Hold(held)) => {
-                let _wait = proxy.tracer.child("latch.wait", &ctx.span);
-                held::wait(&proxy, held).await
-            }
-            Ok(Step::McpHold(w)) => {
-                let _wait = proxy.tracer.child("latch.wait", &ctx.span);
-                // Boxed: it is larger than the plain wait, and unboxed every
-                // held call would keep room for it (256 bytes more each).
-                Box::pin(mcp::wait(&proxy, *w)).await
-            }
-            Err(e) => {
-                ctx.outcome = e.status_and_code().1;
-                e.into_response(&ctx.id)
-            }
+        let wait = match next(step, &mut ctx) {
+            Next::Wait(wait) => wait,
+            Next::Answer(resp) => return finish(&proxy, resp, &ctx),
+        };
+        let _wait = proxy.tracer.child("latch.wait", &ctx.span);
+        let resp = match wait {
+            Wait::Held(held) => held::wait(&proxy, held).await,
+            // Boxed: it is larger than the plain wait, and unboxed every
+            // held call would keep room for it (256 bytes more each).
+            Wait::Mcp(w) => Box::pin(mcp::wait(&proxy, *w)).await,
         };
         finish(&proxy, resp, &ctx)
+    }
+}
+
+/// After the pipeline: answer now, or wait for a verdict.
+enum Next {
+    Answer(Response<Body>),
+    Wait(Wait),
+}
+
+/// A held call's wait.
+enum Wait {
+    Held(Held),
+    Mcp(Box<mcp::Waiting>),
+}
+
+/// What a step leads to. A function of its own so the step is used up
+/// before the wait: matched in the handler across the wait, the future
+/// would keep room for the whole step (128 bytes per held call).
+fn next(step: Result<Step, ProxyError>, ctx: &mut Ctx) -> Next {
+    match step {
+        Ok(Step::Answer(resp)) => Next::Answer(resp),
+        Ok(Step::Hold(held)) => Next::Wait(Wait::Held(held)),
+        Ok(Step::McpHold(w)) => Next::Wait(Wait::Mcp(w)),
+        Err(e) => {
+            ctx.outcome = e.status_and_code().1;
+            Next::Answer(e.into_response(&ctx.id))
+        }
     }
 }
 

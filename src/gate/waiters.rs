@@ -1,12 +1,18 @@
-//! Wake-ups for held calls. A held caller watches its approval; a verdict
-//! wakes every watcher. An entry lives exactly as long as someone watches:
-//! however a wait ends (verdict, `hold_s` passing, the caller going away),
-//! dropping the last [`Watch`] removes it, so entries cannot pile up.
+//! Held calls: the wait ([`Gate::wait`]) and its wake-ups. A held caller
+//! watches its approval; a verdict wakes every watcher. An entry lives
+//! exactly as long as someone watches: however a wait ends (verdict,
+//! `hold_s` passing, the caller going away), dropping the last [`Watch`]
+//! removes it, so entries cannot pile up.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::Notify;
+
+use super::{Gate, GateError, Waited};
 
 /// Notifiers by approval id, one per approval someone is waiting on.
 #[derive(Default)]
@@ -55,6 +61,41 @@ impl Waiters {
     /// Whether nobody is watching anything.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+impl Gate {
+    /// Wait until approval `id` is final or `hold` passes.
+    ///
+    /// Not an `async fn`, which would keep its arguments twice (as given and
+    /// as bound) in each of thousands of held calls.
+    pub fn wait<'a>(
+        &'a self,
+        id: &'a str,
+        hold: Duration,
+    ) -> impl Future<Output = Result<Waited, GateError>> + 'a {
+        let until = tokio::time::Instant::now() + hold;
+        let watch = self.0.waiters.watch(id);
+        async move {
+            let Some(notify) = watch.notify() else {
+                return Ok(Waited::Pending);
+            };
+            loop {
+                // Register for the wake-up before reading the state, so a verdict
+                // between the read and the wait is not missed.
+                let mut notified = pin!(notify.notified());
+                notified.as_mut().enable();
+                let a = self.approval(id).await?;
+                if a.state.is_final() {
+                    return Ok(Waited::Final(Box::new(a)));
+                }
+                drop(a); // not kept across the wait by each of thousands of held calls
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(until) => return Ok(Waited::Pending),
+                }
+            }
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! refusal, or 202 with a poll URL. Also the agent's own poll and result
 //! endpoints under `/latch/v1/approvals/`.
 
+use std::future::Future;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
@@ -99,13 +101,19 @@ pub(super) async fn propose(
 
 /// Hold until the approval is final or `hold` passes. If the caller goes
 /// away meanwhile, dropping `held` cancels an approval nobody could collect.
-pub(super) async fn wait(p: &Proxy, mut held: Held) -> Response<Body> {
-    let waited = p.gate.wait(&held.id, p.hold).await;
-    held.disarm();
-    match waited {
-        Ok(Waited::Final(a)) => final_answer(&a),
-        Ok(Waited::Pending) => accepted(&held.id),
-        Err(_) => ProxyError::StoreUnavailable.into_response(&held.id),
+///
+/// Not an `async fn`: that would keep `held` twice (the argument and the
+/// binding it moves into) in each of thousands of held calls.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn wait(p: &Proxy, mut held: Held) -> impl Future<Output = Response<Body>> + '_ {
+    async move {
+        let waited = p.gate.wait(&held.id, p.hold).await;
+        held.disarm();
+        match waited {
+            Ok(Waited::Final(a)) => final_answer(&a),
+            Ok(Waited::Pending) => accepted(&held.id),
+            Err(_) => ProxyError::StoreUnavailable.into_response(&held.id),
+        }
     }
 }
 
