@@ -14,6 +14,7 @@ use crate::audit::chain::{self as audit, AuditKey, Checkpoint, Event, Head, Reco
 use crate::gate::model::{Approval, Grant, State};
 use crate::history::stats::Stats;
 use chain::{append, row_to_record, RECORD_COLUMNS};
+use db::{unsynced, Db};
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -48,14 +49,6 @@ fn checkpointer(path: std::path::PathBuf, stop: Arc<AtomicBool>) {
             tracing::debug!(error = %e, "checkpoint skipped");
         }
     }
-}
-
-/// The connection and the tail of the audit chain, guarded together so
-/// appends are serialised and never race for a sequence number.
-struct Db {
-    conn: Connection,
-    /// `(seq, hash)` of the last audit record.
-    tail: (i64, String),
 }
 
 impl SqliteStore {
@@ -119,12 +112,24 @@ impl SqliteStore {
             .unwrap_or((0, audit::GENESIS.to_string()));
         Ok(SqliteStore {
             key,
-            conn: Mutex::new(Db { conn, tail }),
+            conn: Mutex::new(Db {
+                conn,
+                tail,
+                synced: Some(true),
+            }),
             stop: Arc::new(AtomicBool::new(false)),
         })
     }
 
+    /// The connection, with its commits synced.
     fn db(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Db>> {
+        let mut db = self.lock()?;
+        db.sync(true)?;
+        Ok(db)
+    }
+
+    /// The connection as it is (for [`unsynced`]).
+    fn lock(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Db>> {
         self.conn.lock().map_err(|_| anyhow!("store lock poisoned"))
     }
 
@@ -139,7 +144,7 @@ impl SqliteStore {
         body: impl FnOnce(&rusqlite::Transaction<'_>) -> anyhow::Result<(T, Vec<Event>)>,
     ) -> anyhow::Result<T> {
         let mut db = self.db()?;
-        let Db { conn, tail } = &mut *db;
+        let Db { conn, tail, .. } = &mut *db;
         let tx = conn.transaction()?;
         let (out, events) = body(&tx)?;
         let records = append(&tx, tail, events, self.key.as_ref())?;
@@ -150,27 +155,6 @@ impl SqliteStore {
         }
         Ok(out)
     }
-}
-
-/// Run `body` in a transaction committed without an fsync (WAL with
-/// `synchronous=NORMAL`): the commit survives a crash of Latch (the OS has
-/// the pages), and the next synced commit or checkpoint makes it durable
-/// on disk too. The connection is back to synced commits afterwards.
-fn unsynced<T>(
-    conn: &mut Connection,
-    body: impl FnOnce(&rusqlite::Transaction<'_>) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    conn.prepare_cached("PRAGMA synchronous=NORMAL")?
-        .execute([])?;
-    let result = (|| {
-        let tx = conn.transaction()?;
-        let out = body(&tx)?;
-        tx.commit()?;
-        Ok::<_, anyhow::Error>(out)
-    })();
-    conn.prepare_cached("PRAGMA synchronous=FULL")?
-        .execute([])?;
-    result
 }
 
 struct ConnGuard<'a>(std::sync::MutexGuard<'a, Db>);
@@ -241,8 +225,8 @@ impl Store for SqliteStore {
         // Written behind already (a crash loses the last window anyway), so
         // an fsync would buy nothing, and it would hold up every decision
         // record queued behind this connection for the length of one.
-        let mut conn = self.conn()?;
-        unsynced(&mut conn, |tx| {
+        let mut db = self.lock()?;
+        unsynced(&mut db, |tx| {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO action_history
                    (fingerprint, agent, tool, shape, seen, first_seen, last_seen, approved, rejected, last_decision,
@@ -327,11 +311,13 @@ impl Store for SqliteStore {
     }
 
     fn append_audit(&self, events: Vec<Event>) -> anyhow::Result<Vec<Record>> {
-        let mut db = self.db()?;
-        let Db { conn, tail } = &mut *db;
-        let records = unsynced(conn, |tx| append(tx, tail, events, self.key.as_ref()))?;
+        let mut db = self.lock()?;
+        let tail = db.tail.clone();
+        let records = unsynced(&mut db, |conn| {
+            append(conn, &tail, events, self.key.as_ref())
+        })?;
         if let Some(last) = records.last() {
-            *tail = (last.seq, last.hash.clone());
+            db.tail = (last.seq, last.hash.clone());
         }
         Ok(records)
     }
@@ -552,6 +538,7 @@ impl Store for SqliteStore {
 }
 
 mod chain;
+mod db;
 mod grants;
 mod notify;
 mod prompts;

@@ -16,10 +16,10 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// Append `events` inside `tx` and move the head with them; the caller
-/// advances `tail` once it commits.
+/// Append `events` inside the transaction open on `tx` and move the head
+/// with them; the caller advances `tail` once it commits.
 pub(super) fn append(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     tail: &(i64, String),
     events: Vec<Event>,
     key: Option<&AuditKey>,
