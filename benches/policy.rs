@@ -86,6 +86,16 @@ fn bench(c: &mut Criterion) {
         latch::upstream::route_facts("trade", "http://127.0.0.1:9001/trade", "execute_trade");
     let agent = latch::identity::agent_facts("support-bot", &["agent".to_string()]);
     let raw = br#"{"symbol": "ACME", "amount": 5000, "currency": "EUR"}"#;
+    // An action seen before, as most calls in a steady state are.
+    let seen = latch::history::stats::Stats {
+        seen: 41,
+        first_seen: Some(1_764_000_000),
+        last_seen: Some(1_764_990_000),
+        approved: 3,
+        rejected: 1,
+        last_decision: Some("allow".into()),
+        decision_ms_total: 90_000,
+    };
     g.bench_function("input/build_from_request", |b| {
         b.iter(|| {
             let judged = latch::policy::body::judge(
@@ -114,7 +124,7 @@ fn bench(c: &mut Criterion) {
                 &route,
                 &agent,
                 ("execute_trade", args, "0123"),
-                &Default::default(),
+                &seen,
                 chrono::Utc::now(),
             )
         })
