@@ -342,10 +342,9 @@ pub fn upstream_request_headers(
     } else {
         ("", "")
     };
-    for part in ["for=", open, &ip, close, ";proto="] {
+    for part in ["for=", open, &ip, close, ";proto=", proto] {
         forwarded.push_str(part);
     }
-    forwarded.push_str(proto);
     if let Some(h) = original_host
         .as_ref()
         .and_then(|h| h.to_str().ok())
