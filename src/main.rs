@@ -212,9 +212,6 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-/// Most threads for blocking work (store calls, policy reloads, DNS).
-const BLOCKING_THREADS: usize = 32;
-
 fn serve(path: PathBuf) -> i32 {
     let config = match cli::load_config(&path) {
         Ok(c) => c,
@@ -222,11 +219,10 @@ fn serve(path: PathBuf) -> i32 {
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // Store calls run on the blocking pool and mostly queue for one
-        // connection (SQLite) or a few (PostgreSQL): a burst of thousands of
-        // gated calls waits there as queued tasks, not as hundreds of
-        // threads that each keep a stack and an allocator cache.
-        .max_blocking_threads(BLOCKING_THREADS)
+        // A burst of thousands of gated calls waits as queued store calls,
+        // not as hundreds of threads that each keep a stack and an
+        // allocator cache.
+        .max_blocking_threads(latch::store::blocking_threads(&config.store))
         .build()
     {
         Ok(r) => r,
