@@ -91,6 +91,7 @@ pub mod store;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod threads;
 pub mod throttle;
 pub mod ticker;
 pub mod tls;

@@ -212,17 +212,24 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
+/// Most threads for other blocking work (policy reloads, DNS).
+const BLOCKING_THREADS: usize = 32;
+
 fn serve(path: PathBuf) -> i32 {
     let config = match cli::load_config(&path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // A burst of thousands of gated calls waits as queued store calls, not
+    // as threads that each keep a stack and an allocator cache.
+    if let Err(e) = latch::store::run_calls_on_threads(&config.store) {
+        eprintln!("error: cannot start the store's threads: {e}");
+        return 1;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // A burst of thousands of gated calls waits as queued store calls,
-        // not as hundreds of threads that each keep a stack and an
-        // allocator cache.
-        .max_blocking_threads(latch::store::blocking_threads(&config.store))
+        // Store calls have threads of their own: this bounds the rest.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(r) => r,

@@ -210,27 +210,51 @@ pub trait Store: prompts::PromptStore + notify::NotifyStore + Send + Sync + 'sta
 /// What [`Store::watch_changes`] calls.
 pub type ChangeHook = std::sync::Arc<dyn Fn(Option<&str>) + Send + Sync>;
 
-/// How many threads the runtime may start for blocking work with this
-/// store. Store calls are most of that work ([`blocking`]; DNS lookups and
-/// policy reloads are the rest), and they queue for the store's
-/// connections: SQLite's one connection takes one call at a time, so a
-/// few threads keep it busy, and each thread more only adds a stack and an
-/// allocator cache that a burst of gated calls fills (with 32, 10,000 calls
-/// held over HTTP/2 kept 6.2–7.3 KiB each; with 4, 4.6–4.9 KiB, gating
-/// as fast). PostgreSQL serves calls side by side, one per connection.
-pub fn blocking_threads(store: &crate::config::StoreConfig) -> usize {
+/// The threads store calls run on, once [`run_calls_on_threads`] started them.
+static THREADS: std::sync::OnceLock<crate::threads::Threads> = std::sync::OnceLock::new();
+
+/// Run this process's store calls ([`blocking`]) on as many threads of
+/// their own as `store` serves side by side, instead of the runtime's
+/// blocking pool (the `latch` binary does this at start-up; the first call
+/// wins). SQLite's one connection takes one call at a time, so a few
+/// threads keep it busy, and each thread more only adds a stack and an
+/// allocator cache that a burst of gated calls fills: 10,000 calls held
+/// over HTTP/2 kept 6.2–7.3 KiB each with up to 32 threads, 4.6–4.9 KiB
+/// with 4, gating as fast. PostgreSQL serves one call per connection.
+/// Other blocking work (DNS lookups, policy reloads) keeps the runtime's
+/// pool, so a slow lookup never holds up a store call.
+pub fn run_calls_on_threads(store: &crate::config::StoreConfig) -> std::io::Result<()> {
     use crate::config::StoreConfig;
-    match store {
+    let n = match store {
         StoreConfig::Sqlite(_) | StoreConfig::SqliteMemory => 4,
         StoreConfig::Postgres { .. } => 32,
+    };
+    if THREADS.get().is_none() {
+        let _ = THREADS.set(crate::threads::Threads::start("latch-store", n, 1024)?);
     }
+    Ok(())
 }
 
 /// Run a blocking store call off the async workers.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow::anyhow!("store task failed: {e}"))?
+    let Some(threads) = THREADS.get() else {
+        return tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| anyhow::anyhow!("store task failed: {e}"))?;
+    };
+    // Boxed: the futures that wait on a store call (a held call's handler
+    // among them) keep a pointer across the wait, not the queue's state.
+    Box::pin(async move {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        threads
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .await?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("store task failed: it panicked"))?
+    })
+    .await
 }

@@ -46,6 +46,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("mcp", 15),
     ("throttle", 10),
     ("ticker", 10),
+    ("threads", 10),
 ];
 
 /// The layer node `path` (`gate::model::State`) belongs to.

@@ -10,49 +10,31 @@
 //! record, so the call waits for one thread instead of two in turn.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use regorus::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{Decision, Evaluation, PolicySet};
 use crate::audit::chain::Event;
 use crate::audit::writer::AuditLog;
-
-type Job = Box<dyn FnOnce() + Send>;
+use crate::threads::{Job, Threads};
 
 /// Time a request may wait for a free evaluator on top of the policy's own limit.
 const QUEUE_GRACE: Duration = Duration::from_secs(1);
 
 /// A fixed set of evaluator threads fed by a bounded queue.
 pub struct Evaluators {
-    tx: mpsc::Sender<Job>,
+    threads: Threads,
 }
 
 impl Evaluators {
     /// Start `threads` evaluator threads.
     pub fn start(threads: usize) -> std::io::Result<Evaluators> {
-        let (tx, rx) = mpsc::channel::<Job>(4096);
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads.max(1) {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("latch-policy-{i}"))
-                .spawn(move || loop {
-                    // One thread waits on the queue at a time; the others wait
-                    // for the lock, then for the next job.
-                    let job = match rx.lock() {
-                        Ok(mut q) => q.blocking_recv(),
-                        Err(_) => return,
-                    };
-                    match job {
-                        Some(job) => job(),
-                        None => return, // every sender is gone
-                    }
-                })?;
-        }
-        Ok(Evaluators { tx })
+        Ok(Evaluators {
+            threads: Threads::start("latch-policy", threads, 4096)?,
+        })
     }
 
     /// Evaluate `input` against `set` on an evaluator thread. Never takes
@@ -103,7 +85,7 @@ impl Evaluators {
             }
         });
         let waited = tokio::time::timeout(limit + QUEUE_GRACE, async {
-            self.tx.send(job).await.ok()?;
+            self.threads.send(job).await.ok()?;
             (&mut result).await.ok()
         })
         .await;
