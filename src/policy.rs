@@ -393,11 +393,17 @@ impl PolicySet {
                 vm.set_max_instructions(50_000_000);
                 *slot = Some((self.generation, vm));
             }
-            let Some((_, vm)) = slot.as_mut() else {
+            let Some((generation, vm)) = slot.as_mut() else {
                 return Err(EvalError::Failed("VM unavailable".into()));
             };
+            // Marked stale while it runs: should it panic (the evaluator
+            // thread survives a panicking job), the next call builds a
+            // fresh VM instead of reusing one left mid-run.
+            let current = std::mem::replace(generation, u64::MAX);
             vm.set_input(input);
-            vm.execute().map_err(EvalError::from)
+            let out = vm.execute().map_err(EvalError::from);
+            *generation = current;
+            out
         })
     }
 }
